@@ -96,18 +96,23 @@ def load_params(model_dir: str | epath.PathLike, *, step: int | None = None
   directory = epath.Path(model_dir) / 'checkpoints'
   if not directory.exists():
     raise CheckpointError(f'{directory}: no checkpoints folder (is {model_dir} a training run?)')
-  with ocp.CheckpointManager(directory, item_names=('state', 'meta'),
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers,
                              options=ocp.CheckpointManagerOptions(create=False)) as manager:
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     errors = []
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for s in steps:
       try:
+        # Restore every array whole onto one local device, whatever topology wrote it.
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                              manager.item_metadata(s)['state'])
         restored = manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f'step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
         log.warning('%s/%s unreadable, trying an older step', directory, s)
         continue
-      state = jax.tree.map(lambda x: jax.device_get(x), restored['state'])
+      state = jax.device_get(restored['state'])
       return state['params'], state.get('model_state', {}), dict(restored['meta'])
   raise CheckpointError(f'{directory}: no readable checkpoint ({"; ".join(errors) or "empty"})')

@@ -129,6 +129,9 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
   if args.distributed == 'off' or (args.distributed == 'auto' and not explicit and len(hosts) < 2):
     return
   if explicit:
+    # CPU multi-process runs (tests, benchmarks/multihost_cpu.sh) need cross-process
+    # collectives; the setting only affects the CPU client.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
   else:
