@@ -45,6 +45,7 @@ class TrainState:
   model_state: Any                # non-trained variables (EMA codebooks, ...)
   rng: jax.Array                  # uint32 [2], split once per step
   nonfinite_streak: jax.Array     # int32 [], consecutive skipped steps
+  nonfinite_worst: jax.Array      # int32 [], longest streak so far (checked by the loop)
   nonfinite_total: jax.Array      # int32 []
 
 
@@ -101,6 +102,7 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_states=opt_states,
                       model_state=model_state, rng=state_rng,
                       nonfinite_streak=jnp.zeros((), jnp.int32),
+                      nonfinite_worst=jnp.zeros((), jnp.int32),
                       nonfinite_total=jnp.zeros((), jnp.int32))
 
   def _opt_state_boxes(self, abstract: TrainState) -> TrainState:
@@ -203,6 +205,7 @@ class Trainer:
     new_state = state.replace(
         step=state.step + 1, params=params, opt_states=opt_states, model_state=model_state,
         rng=rng, nonfinite_streak=streak,
+        nonfinite_worst=jnp.maximum(state.nonfinite_worst, streak),
         nonfinite_total=state.nonfinite_total + (~all_ok).astype(jnp.int32))
     return new_state, out_metrics
 
@@ -317,23 +320,25 @@ def fit(trainer: Trainer, *, input_fn: InputFn, model_dir: str, train_steps: int
       batch = partitioning.shard_batch(next(batches), trainer.mesh, trainer.rules)
       state, step_metrics = step_fn(state, batch)
       step += 1
-      if (metrics_lib.itstime(step, log_every, train_steps, first=True)
-          or int(step_metrics['nonfinite_streak']) > 0):
-        streak = int(step_metrics['nonfinite_streak'])
-        if streak >= max_nonfinite_steps:
+      # Reading device values syncs host and device, so the guard looks only every few steps;
+      # skipped steps leave the parameters untouched, so looking late loses nothing.
+      if metrics_lib.itstime(step, min(log_every, max_nonfinite_steps), train_steps):
+        worst = int(state.nonfinite_worst)
+        if worst >= max_nonfinite_steps:
           checkpointer.close()
-          raise NonFiniteError(f'{streak} consecutive steps had a non-finite loss or gradient '
-                               f'(last at step {step}); updates were skipped. Lower the '
+          raise NonFiniteError(f'{worst} consecutive steps had a non-finite loss or gradient '
+                               f'(seen by step {step}); updates were skipped. Lower the '
                                'learning rate or check the input data.')
-        if metrics_lib.itstime(step, log_every, train_steps, first=True):
-          last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-          text, perf = progress.line(step, last)
-          log.info(text)
-          writer.write_scalars(step, {**last, **perf,
-                                      'nonfinite_total': int(state.nonfinite_total)})
+      if metrics_lib.itstime(step, log_every, train_steps, first=True):
+        last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        text, perf = progress.line(step, last)
+        log.info(text)
+        writer.write_scalars(step, {**last, **perf, 'nonfinite_total': int(state.nonfinite_total)})
       if metrics_lib.itstime(step, checkpoint_every, train_steps):
         save(step)
-      if step < train_steps and _any_host(sigterm.raised):
+      # Hosts agree on preemption through a collective, so multi-host runs ask every 10 steps.
+      if (step < train_steps and (jax.process_count() == 1 or step % 10 == 0)
+          and _any_host(sigterm.raised)):
         save(step, force=True)
         stopped_by = 'preempted'
         break
