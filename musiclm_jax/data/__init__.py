@@ -1,0 +1,1 @@
+"""Data: TFDS builders (synthetic corpus, MusicCaps, audio folders) and tokenizer training."""
