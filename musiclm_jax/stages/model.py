@@ -60,7 +60,9 @@ class StageModel:
       z_loss: weight of mean(mask * logsumexp(logits)^2) added to the loss.
     """
     if config.vocab_size == 0:
-      config = dataclasses.replace(config, vocab_size=layout.vocab_size)
+      # Rounded up to a multiple of 128 so the vocabulary axis divides over `tensor` meshes and
+      # maps onto full MXU/tensor-core tiles; the extra ids are never targets or sampled.
+      config = dataclasses.replace(config, vocab_size=-(-layout.vocab_size // 128) * 128)
     elif config.vocab_size < layout.vocab_size:
       raise ValueError(f'LMConfig.vocab_size={config.vocab_size} is smaller than the '
                        f'{layout.name} layout vocabulary ({layout.vocab_size})')
