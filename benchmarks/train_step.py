@@ -56,7 +56,7 @@ PEAK_TFLOPS = {
 # The paper sizes of gin/models/stages/<stage>/paper.gin (tests/test_stage_compile.py checks
 # that these stay equal to the gin files).
 PAPER_LM = dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096, dropout_rate=0.1,
-                dtype='bfloat16')
+                dtype='bfloat16', remat_policy='minimal')
 TINY_LM = dict(num_layers=2, num_heads=4, embed_dim=64, mlp_dim=256, dropout_rate=0.0,
                dtype='float32')
 PAPER_LAYOUTS = {
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
   p.add_argument('--tiny', action='store_true', help='tiny sizes (CPU smoke test)')
   p.add_argument('--batch', type=int, default=None, help='global batch; default: sweep')
   p.add_argument('--sweep', default='8,16,32', help='batch sizes tried without --batch')
-  p.add_argument('--remat', choices=sorted(lm.REMAT_POLICIES), default='none')
+  p.add_argument('--remat', choices=sorted(lm.REMAT_POLICIES), default='minimal')
   p.add_argument('--attention', choices=('auto', 'cudnn', 'xla'), default='auto')
   p.add_argument('--dtype', default='bfloat16', help='compute dtype')
   p.add_argument('--warmup', type=int, default=3)
