@@ -47,8 +47,6 @@ def _train(run_file: str, model_dir: Path, *overrides: str) -> list[str]:
 def plan(work: Path, out: Path) -> list[Step]:
   """The demo pipeline, in order."""
   data, spm = work / 'data', work / 'spm'
-  data_flag = f"--gin.DATA_DIR='{data}'"
-  spm_flag = f"--gin.SPM_MODEL='{spm / 'spm.model'}'"
   tokens = work / 'tokens'
   return [
       Step('build the synthetic corpus (small)',
@@ -59,19 +57,20 @@ def plan(work: Path, out: Path) -> list[Step]:
            ['-m', 'musiclm_jax.data.train_spm', '--data_dir', str(data), '--out', str(spm)],
            str(spm / 'spm.model'), 'musiclm_jax.data.train_spm'),
       Step('train the tiny SoundStream codec',
-           _train('gin/runs/codec_tiny.gin', work / 'codec', data_flag),
+           _train('gin/runs/codec_tiny.gin', work / 'codec', '--gin.TRAIN_STEPS=1000'),
            str(work / 'codec' / 'DONE'), 'musiclm_jax.codec.model',
            ('gin/runs/codec_tiny.gin',)),
       Step('train the tiny w2v-BERT',
-           _train('gin/runs/semantic_tiny.gin', work / 'semantic', data_flag),
+           _train('gin/runs/semantic_tiny.gin', work / 'semantic', '--gin.TRAIN_STEPS=250'),
            str(work / 'semantic' / 'DONE'), 'musiclm_jax.semantic.model',
            ('gin/runs/semantic_tiny.gin',)),
       Step('fit the semantic k-means',
            ['-m', 'musiclm_jax.semantic.fit_kmeans', '--checkpoint', str(work / 'semantic'),
-            '--data_dir', str(data), '--split', 'train', '--out', str(work / 'semantic_tok')],
+            '--data_dir', str(data), '--split', 'train', '--num_clusters', '64',
+            '--max_frames', '20000', '--num_iters', '20', '--out', str(work / 'semantic_tok')],
            str(work / 'semantic_tok'), 'musiclm_jax.semantic.fit_kmeans'),
       Step('train the tiny MuLan',
-           _train('gin/runs/mulan_tiny.gin', work / 'mulan', data_flag, spm_flag),
+           _train('gin/runs/mulan_tiny.gin', work / 'mulan', '--gin.TRAIN_STEPS=250'),
            str(work / 'mulan' / 'DONE'), 'musiclm_jax.mulan.model',
            ('gin/runs/mulan_tiny.gin',)),
       Step('fit the MuLan RVQ',
@@ -99,10 +98,17 @@ def plan(work: Path, out: Path) -> list[Step]:
   ]
 
 
+def data_env(work: Path) -> dict[str, str]:
+  """Where the tools find the corpus, the text vocabulary and the tokens."""
+  return {'MUSICLM_DATA_DIR': str(work / 'data'),
+          'MUSICLM_SPM_MODEL': str(work / 'spm' / 'spm.model'),
+          'MUSICLM_TOKENS_DIR': str(work / 'tokens')}
+
+
 def run(steps: list[Step], log_dir: Path) -> list[dict]:
   """Runs steps until one is unavailable or fails; returns a record per step."""
   records = []
-  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1', **data_env(log_dir.parent)}
   for index, step in enumerate(steps, start=1):
     header = f'[{index}/{len(steps)}] {step.name}'
     if Path(step.done_marker).exists():
