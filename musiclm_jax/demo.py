@@ -76,7 +76,7 @@ def plan(work: Path, out: Path) -> list[Step]:
       Step('fit the MuLan RVQ',
            ['-m', 'musiclm_jax.mulan.fit_rvq', '--checkpoint', str(work / 'mulan'),
             '--data_dir', str(data), '--spm', str(spm / 'spm.model'),
-            '--out', str(work / 'mulan_rvq')],
+            '--codebook_size', '64', '--out', str(work / 'mulan_rvq')],
            str(work / 'mulan_rvq'), 'musiclm_jax.mulan.fit_rvq'),
       Step('precompute tokens',
            ['-m', 'musiclm_jax.data.precompute', '--corpus', 'synth', '--data_dir', str(data),
