@@ -1,4 +1,4 @@
-"""Two processes x 4 CPU devices train exactly like one process x 8 devices.
+"""Two processes x 4 CPU devices train a tiny coarse stage like one process x 8 devices.
 
 Each worker is the real CLI (`python -m musiclm_jax.train --coordinator_address=...`) with
 gloo CPU collectives; the reference run happens in this process on its 8 fake devices.
@@ -17,7 +17,7 @@ from musiclm_jax import checkpoints, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
-COMMON = ['--gin_file=gin/runs/toy.gin', f'--gin.TRAIN_STEPS={STEPS}',
+COMMON = ['--gin_file=gin/runs/coarse_tiny_synthetic.gin', f'--gin.TRAIN_STEPS={STEPS}',
           '--gin.CHECKPOINT_EVERY=3', '--gin.LOG_EVERY=1', '--gin.BATCH_SIZE=16',
           "--gin.MESH_SHAPE={'data': 2, 'fsdp': 4, 'tensor': 1}"]
 
@@ -52,11 +52,12 @@ def test_two_processes_equal_one_process(tmp_path):
   multi_losses, single_losses = _losses(multi_dir), _losses(single_dir)
   assert sorted(multi_losses) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([multi_losses[s] for s in sorted(multi_losses)],
-                             [single_losses[s] for s in sorted(single_losses)], rtol=1e-6)
+                             [single_losses[s] for s in sorted(single_losses)], rtol=1e-5)
+  assert multi_losses[STEPS] < multi_losses[1]
   multi_params, _, meta = checkpoints.load_params(multi_dir)
   single_params, _, _ = checkpoints.load_params(single_dir)
   assert meta['step'] == STEPS
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                multi_params, single_params)
 
   # The 2-process checkpoint restores in a 1-process run, which continues from it.
@@ -66,4 +67,4 @@ def test_two_processes_equal_one_process(tmp_path):
   a, _, meta = checkpoints.load_params(multi_dir)
   b, _, _ = checkpoints.load_params(single_dir)
   assert meta['step'] == STEPS + 2
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
