@@ -9,3 +9,4 @@ $MUSICLM_SPM_MODEL (defaults: ~/tensorflow_datasets and <data_dir>/spm/spm.model
 from tasks import audio_tasks
 
 audio_tasks.register_audio_tasks()
+from tasks import token_tasks  # noqa: E402,F401  (stage token tasks on $MUSICLM_TOKENS_DIR)

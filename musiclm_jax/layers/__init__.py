@@ -1,0 +1,1 @@
+"""Reusable layers: attention, transformer/conformer/conv blocks, residual vector quantizer."""
