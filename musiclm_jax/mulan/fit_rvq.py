@@ -12,7 +12,7 @@ what the previous levels left over. Progress is printed; DIR is written as a who
 (`inference.MuLan.save`: config, params, codebooks, spm model, and `fit_rvq.json` with the
 per-level residuals), renamed into place at the end.
 
-TensorFlow/TFDS are imported only inside `read_examples`. Tiny cost (1.0M-param model, a few
+TensorFlow/TFDS are imported only by `musiclm_jax.data.readers`, when data is read. Tiny cost (1.0M-param model, a few
 hundred clips): about a minute on 2 CPU cores, mostly embedding.
 """
 
@@ -34,45 +34,10 @@ from musiclm_jax.semantic import kmeans as kmeans_lib
 DEFAULT_DATASET = 'synth/small'
 
 
-def read_examples(data_dir: str, split: str, *, dataset: str = DEFAULT_DATASET,
-                  limit: int | None = None, counts: dict[str, int] | None = None
-                  ) -> Iterator[dict[str, Any]]:
-  """Examples of a prepared TFDS split as plain Python (TFDS is imported here only).
-
-  Yields dicts: 'audio' float32 [N], 'caption' str, 'aspects' / 'instruments' list[str],
-  'tempo_bpm' float (NaN if absent), 'work_id' str. Examples with empty or non-finite audio
-  are skipped and counted in `counts['skipped_bad_audio']`.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  counts = {} if counts is None else counts
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if split not in builder.info.splits:
-    raise ValueError(f'{dataset} under {data_dir}: no split {split!r} '
-                     f'(has {sorted(builder.info.splits)})')
-  wanted = ('audio', 'caption', 'aspects', 'instruments', 'tempo_bpm', 'work_id')
-  features = builder.info.features
-  decoders = {k: tfds.decode.SkipDecoding() for k in features if k not in wanted}
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders or None)
-  ds = ds.map(lambda e: {k: e[k] for k in wanted if k in e})
-
-  def text(v):
-    return v.decode('utf-8', 'replace') if isinstance(v, bytes) else str(v)
-
-  for n, ex in enumerate(tfds.as_numpy(ds)):
-    if limit is not None and n >= limit:
-      break
-    wav = np.asarray(ex['audio'])
-    wav = (wav.astype(np.float32) / 32768.0 if np.issubdtype(wav.dtype, np.integer)
-           else wav.astype(np.float32))
-    wav = wav.mean(axis=-1) if wav.ndim == 2 else wav.reshape(-1)
-    if wav.size == 0 or not np.all(np.isfinite(wav)):
-      counts['skipped_bad_audio'] = counts.get('skipped_bad_audio', 0) + 1
-      continue
-    counts['examples'] = counts.get('examples', 0) + 1
-    yield {'audio': wav, 'caption': text(ex.get('caption', b'')),
-           'aspects': [text(a) for a in ex.get('aspects', [])],
-           'instruments': [text(a) for a in ex.get('instruments', [])],
-           'tempo_bpm': float(ex.get('tempo_bpm', np.nan)), 'work_id': text(ex.get('work_id', b''))}
+def read_examples(*args, **kwargs) -> Iterator[dict[str, Any]]:
+  """See `musiclm_jax.data.readers.read_examples` (TFDS is imported there only)."""
+  from musiclm_jax.data import readers  # pylint: disable=g-import-not-at-top
+  return readers.read_examples(*args, **kwargs)
 
 
 def embed_audio_batches(mulan: inference.MuLan, clips: Iterable[np.ndarray], *,

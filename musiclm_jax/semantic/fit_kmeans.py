@@ -130,34 +130,10 @@ def model_from_gin(config_str: str | None = None, gin_files: list[str] | None = 
   return model
 
 
-def tfds_audio_batches(data_dir: str, split: str, *, dataset: str, batch_size: int,
-                       crop_samples: int, counts: dict[str, int]) -> Iterator[np.ndarray]:
-  """Yields [batch, crop_samples] crops of the split's 'audio' (TFDS imported here only).
-
-  Each example is cut into consecutive crops; a shorter example or tail is used once, zero
-  padded, only when it holds at least a quarter crop. Examples with non-finite or empty audio
-  are skipped and counted in `counts`.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  pending = []
-  for example in tfds.as_numpy(ds):
-    wav = np.asarray(example['audio'], np.float32).reshape(-1)
-    if wav.size == 0 or not np.all(np.isfinite(wav)):
-      counts['skipped_bad_audio'] = counts.get('skipped_bad_audio', 0) + 1
-      continue
-    counts['examples'] = counts.get('examples', 0) + 1
-    for start in range(0, wav.size, crop_samples):
-      crop = wav[start:start + crop_samples]
-      if crop.size < crop_samples // 4:
-        break
-      pending.append(np.pad(crop, (0, crop_samples - crop.size)))
-      if len(pending) == batch_size:
-        yield np.stack(pending)
-        pending = []
-  if pending:
-    yield np.stack(pending)
+def tfds_audio_batches(*args, **kwargs) -> Iterator[np.ndarray]:
+  """See `musiclm_jax.data.readers.tfds_audio_batches` (TFDS is imported there only)."""
+  from musiclm_jax.data import readers  # pylint: disable=g-import-not-at-top
+  return readers.tfds_audio_batches(*args, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
