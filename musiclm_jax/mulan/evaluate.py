@@ -15,7 +15,8 @@ caption per clip:
     has that instrument (chance: mean share of the candidates a clip holds);
   * zero-shot tempo-word classification (slow / moderate / fast from `tempo_bpm`, with the
     synth thresholds < 76 and > 110 BPM) with the prompts in `TEMPO_PROMPTS` (chance: the
-    majority class).
+    majority class);
+  * the RVQ's squared reconstruction error of the unit-norm embeddings (1.0 would be all lost).
 
 Writes a markdown table to `--out` and the numbers as JSON next to it (`.json`).
 """
@@ -117,6 +118,9 @@ def evaluate_split(mulan: inference.MuLan, examples: list[dict[str, Any]]) -> di
     out['rvq'].update(tempo_metrics(qa, q(tempo_emb), words, labels))
     out['rvq']['levels'] = mulan.num_codebooks
     out['rvq']['codebook_size'] = mulan.cardinality
+    for name, emb in (('audio', audio_emb), ('text', text_emb)):  # unit vectors: 1.0 = all lost
+      recon = mulan.dequantize(mulan.quantize(emb))
+      out['rvq'][f'{name}_squared_error'] = float(np.mean(np.sum((emb - recon) ** 2, axis=-1)))
   return out
 
 
@@ -145,6 +149,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
                    f' | {_fmt(f["instrument_chance"])} |')
     lines.append(f'| zero-shot tempo word (3 classes) | {_fmt(f["tempo_accuracy"])} | '
                  f'{_fmt(q.get("tempo_accuracy", "-"))} | {_fmt(f["tempo_chance"])} |')
+    if q:
+      lines.append(f'| RVQ squared error of the unit audio / text embeddings | - | '
+                   f'{q["audio_squared_error"]:.4f} / {q["text_squared_error"]:.4f} | - |')
     lines.append('')
   return '\n'.join(lines)
 
