@@ -176,7 +176,9 @@ class BatchTokenizer:
     semantic = np.asarray(self.tok.semantic.tokenize(sharded))  # [B, T_s]
     mulan_audio = np.asarray(self.tok.mulan.audio_tokens(batch))  # [B, 12]
     texts = [c.strip() for c in captions] + [''] * (self.batch_size - n)
-    mulan_text = np.asarray(self.tok.mulan.text_tokens([t or ' ' for t in texts]))
+    # MuLan rejects empty prompts; rows without a caption (and padding rows) get a stand-in
+    # text whose tokens are discarded below (-1 = missing).
+    mulan_text = np.asarray(self.tok.mulan.text_tokens([t or 'music' for t in texts]))
     out = []
     for i, w in enumerate(wavs):
       t_s, t_a = w.size // self.sem_hop, -(-w.size // self.codec_hop)
