@@ -2,7 +2,8 @@
 
   python benchmarks/stage_baselines.py --tokens TOKENS_DIR \\
       --run semantic_stage=/tmp/stage_semantic --run coarse=/tmp/stage_coarse \\
-      --run fine=/tmp/stage_fine [--split validation] [--windows 4] [--markdown]
+      --run fine=/tmp/stage_fine [--split validation] [--windows 4] [--markdown] \
+      [--drop_melody]
 
 For each run (a `musiclm_jax.train` folder of a stage run file) the stage model, its
 TASK_FEATURE_LENGTHS and its newest checkpoint are read back; the stage's token task on
@@ -14,6 +15,11 @@ held-out clip. Over the predicted tokens (the layout's loss mask: target field, 
   copy_previous  predict the previous frame's code of the same level (the unigram argmax for a
                  window's first frame); perplexity of p = a_l [x = prev] + (1 - a_l) unigram_l,
                  a_l = how often a frame repeats the previous one at level l in train
+
+Runs of the melody-conditioned semantic stage (MIXTURE_OR_TASK_NAME musiclm_semantic_melody...,
+gin/runs/semantic_stage_melody_*.gin, also with MELODY_FRAMES = 0) are scored on the melody
+task's windows (crops at multiples of the melody hop); `--drop_melody` replaces the melody
+tokens by -1 (PAD: the stage's text-only conditioning).
 
 Prints one JSON line per stage (or a markdown table with --markdown).
 """
@@ -42,8 +48,13 @@ def _load_run(run_dir: str):
   gin.parse_config(Path(run_dir, 'config.gin').read_text())
   model = gin.query_parameter('%MODEL').scoped_configurable_fn()
   lengths = dict(gin.query_parameter('%TASK_FEATURE_LENGTHS'))
+  try:
+    task = str(gin.query_parameter('%MIXTURE_OR_TASK_NAME'))
+  except ValueError:
+    task = ''
   gin.clear_config()
   params, _, meta = checkpoints.load_params(run_dir)
+  meta = {**meta, 'melody_task': task.startswith('musiclm_semantic_melody')}
   return model, lengths, params, meta
 
 
@@ -96,7 +107,7 @@ class Baselines:
 
 
 def evaluate(run_dir: str, tokens_dir: str, *, split: str, windows: int, batch_size: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, drop_melody: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
@@ -104,14 +115,19 @@ def evaluate(run_dir: str, tokens_dir: str, *, split: str, windows: int, batch_s
   model, lengths, params, meta = _load_run(run_dir)
   stage = model.layout.name
   field = TARGETS[stage][0]
-  token_tasks.register_token_tasks(tokens_dir, corpus='heldout', cond_dropout=0.0)
-  ds = seqio.get_mixture_or_task(token_tasks.task_name(stage, 'heldout')).get_dataset(
+  token_tasks.register_token_tasks(tokens_dir, corpus='heldout', cond_dropout=0.0,
+                                   melody_dropout=0.0)
+  task = token_tasks.task_name(
+      token_tasks.MELODY_STAGE if meta['melody_task'] else stage, 'heldout')
+  ds = seqio.get_mixture_or_task(task).get_dataset(
       lengths, split=split, shuffle=False, seed=seed, num_epochs=windows)
   baselines = Baselines(_train_codes(tokens_dir, stage), model.layout.target.codebook_size)
   logits_fn = jax.jit(lambda p, x: model.apply(p, x))
   sums = {k: 0.0 for k in ('tokens', 'nll', 'ok', 'uni_nll', 'uni_ok', 'copy_nll', 'copy_ok')}
   examples = 0
   for batch in ds.batch(batch_size).as_numpy_iterator():
+    if drop_melody and 'melody' in batch:
+      batch['melody'] = np.full_like(batch['melody'], -1)
     built = model.make_batch(batch)
     logits = np.asarray(logits_fn(params, jnp.asarray(built['inputs'])), np.float64)
     targets, mask = built['targets'], built['loss_mask']
@@ -128,9 +144,11 @@ def evaluate(run_dir: str, tokens_dir: str, *, split: str, windows: int, batch_s
       sums[k] += (scored[k] * scored['valid']).sum()
     examples += len(targets)
   n = max(sums['tokens'], 1.0)
-  row = lambda nll, ok: {'accuracy': round(sums[ok] / n, 4),
+  row = lambda nll, ok: {'accuracy': round(float(sums[ok] / n), 4),
                          'perplexity': round(float(np.exp(sums[nll] / n)), 2)}
   return {'stage': stage, 'run': run_dir, 'step': meta.get('step'), 'split': split,
+          'task': task,
+          'melody': 'melody' in [f.name for f in model.layout.conditioning] and not drop_melody,
           'windows': examples, 'tokens': int(sums['tokens']),
           'codebook_size': model.layout.target.codebook_size,
           'model': row('nll', 'ok'), 'unigram': row('uni_nll', 'uni_ok'),
@@ -156,12 +174,14 @@ def main(argv=None) -> int:
   p.add_argument('--windows', type=int, default=4, help='random windows per held-out clip')
   p.add_argument('--batch_size', type=int, default=32)
   p.add_argument('--markdown', action='store_true')
+  p.add_argument('--drop_melody', action='store_true',
+                 help='melody-conditioned runs: score with the melody tokens dropped (PAD)')
   args = p.parse_args(argv)
   results = []
   for item in args.run:
     _, _, run_dir = item.rpartition('=')
     result = evaluate(run_dir, args.tokens, split=args.split, windows=args.windows,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, drop_melody=args.drop_melody)
     results.append(result)
     if not args.markdown:
       print(json.dumps(result), flush=True)

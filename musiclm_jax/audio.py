@@ -305,6 +305,10 @@ class MelConfig:
   log_floor: float = 1e-5
   htk: bool = False
   norm: str | float | None = 'slaney'
+  # 'fft': jnp.fft (cheapest on one device). 'dft': the same transform as one matmul with a
+  # DFT basis, which partitions along a sharded batch (XLA all-gathers an FFT's input) and
+  # avoids XLA:CPU's FFT thunk, which can deadlock when several FFTs run at once (jax 0.11).
+  transform: str = 'fft'
 
   def __post_init__(self):
     fmax = self.sample_rate / 2 if self.fmax is None else self.fmax
@@ -319,6 +323,8 @@ class MelConfig:
       raise ValueError(f'power and log_floor must be positive: {self}')
     if isinstance(self.norm, str) and self.norm != 'slaney':
       raise ValueError(f"norm must be 'slaney', None or a number, got {self.norm!r}")
+    if self.transform not in ('fft', 'dft'):
+      raise ValueError(f"transform must be 'fft' or 'dft', got {self.transform!r}")
 
 
 def _hz_to_mel(hz: np.ndarray, htk: bool) -> np.ndarray:
@@ -419,6 +425,94 @@ def stft(wav: jax.Array, *, n_fft: int, hop_length: int, win_length: int | None 
   return jnp.fft.rfft(frames * window, n=n_fft, axis=-1).astype(jnp.complex64)  # [..., T, F]
 
 
+@functools.lru_cache(maxsize=64)
+def _dft_basis(n_fft: int, win_length: int) -> np.ndarray:
+  """Windowed real-DFT basis float32 [n_fft, 2 * (n_fft // 2 + 1)]: (cos | -sin) * window."""
+  k = np.arange(n_fft // 2 + 1, dtype=np.float64)
+  phase = 2.0 * np.pi * np.outer(np.arange(n_fft, dtype=np.float64), k) / n_fft  # [n_fft, F]
+  window = _hann(win_length, n_fft).astype(np.float64)[:, None]
+  return (np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window).astype(np.float32)
+
+
+def _strided_frames(wav: jax.Array, n_fft: int, hop: int, num: int) -> jax.Array:
+  """[B, N] -> [B, num, n_fft] frames hop apart (reshaped slices when hop divides n_fft)."""
+  batch = wav.shape[0]
+  if n_fft % hop == 0:
+    r = n_fft // hop
+    need = (num + r - 1) * hop
+    wav = jnp.pad(wav, ((0, 0), (0, max(0, need - wav.shape[1]))))
+    blocks = wav[:, :need].reshape(batch, num + r - 1, hop)
+    return jnp.concatenate([blocks[:, i:i + num] for i in range(r)], axis=-1)
+  index = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]  # [T, n_fft]
+  return wav[:, index]
+
+
+def _four_step_factors(n_fft: int) -> tuple[int, int] | None:
+  """n_fft = n1 * n2 with n1 the largest divisor <= sqrt(n_fft), if both are >= 8."""
+  n1 = max(d for d in range(1, math.isqrt(n_fft) + 1) if n_fft % d == 0)
+  return (n1, n_fft // n1) if n1 >= 8 else None
+
+
+@functools.lru_cache(maxsize=64)
+def _four_step_bases(n1: int, n2: int) -> tuple[np.ndarray, ...]:
+  """cos/-sin DFT matrices of sizes n1 and n2 (k2 <= n2 / 2 only) and the twiddles [n1, n2]."""
+  def dft(n, kmax):
+    phase = 2.0 * np.pi * np.outer(np.arange(n), np.arange(kmax)) / n
+    return np.cos(phase).astype(np.float32), (-np.sin(phase)).astype(np.float32)
+  c1, s1 = dft(n1, n1)
+  c2, s2 = dft(n2, n2 // 2 + 1)
+  twiddle = -2.0 * np.pi * np.outer(np.arange(n1), np.arange(n2)) / (n1 * n2)  # [k1, n2]
+  return c1, s1, c2, s2, np.cos(twiddle).astype(np.float32), np.sin(twiddle).astype(np.float32)
+
+
+def _rfft_four_step(frames: jax.Array, n1: int, n2: int, precision) -> tuple[jax.Array, ...]:
+  """Real DFT of [..., n1 * n2] frames as two small matmul DFTs and a twiddle (Bailey's
+  four-step FFT): O(n (n1 + n2)) instead of O(n^2). Returns (real, imag) [..., n // 2 + 1]."""
+  c1, s1, c2, s2, tr, ti = (jnp.asarray(a) for a in _four_step_bases(n1, n2))
+  x = frames.reshape(*frames.shape[:-1], n1, n2)  # x[n1, n2] = frame[n2_count * n1 + n2]
+  dot = functools.partial(jnp.einsum, precision=precision)
+  ar, ai = dot('...ij,ik->...kj', x, c1), dot('...ij,ik->...kj', x, s1)  # [..., k1, n2]
+  br, bi = ar * tr - ai * ti, ar * ti + ai * tr  # twiddled
+  xr = dot('...kj,jl->...lk', br, c2) - dot('...kj,jl->...lk', bi, s2)  # [..., k2, k1]
+  xi = dot('...kj,jl->...lk', br, s2) + dot('...kj,jl->...lk', bi, c2)
+  freqs = n1 * n2 // 2 + 1  # bin k = k1 + n1 * k2: flatten (k2, k1)
+  return (xr.reshape(*xr.shape[:-2], -1)[..., :freqs],
+          xi.reshape(*xi.shape[:-2], -1)[..., :freqs])
+
+
+def stft_dft(wav: jax.Array, *, n_fft: int, hop_length: int, win_length: int | None = None,
+             center: bool = True, precision=None) -> tuple[jax.Array, jax.Array]:
+  """`stft` computed with matmuls only (no FFT op).
+
+  Same frames and values as `stft` (to float32 rounding). Used where an FFT is a poor fit:
+  batch-sharded programs (a matmul partitions along the batch, an FFT's input is all-gathered),
+  TPU matrix units, and XLA:CPU, whose FFT deadlocks when several run at once (jax 0.11; see
+  `MelConfig.transform`). Frames of n_fft >= 256 with a factorisation n1 * n2 (n1, n2 >= 8)
+  use the four-step FFT, O(n (n1 + n2)) per frame; others one DFT-basis matmul, O(n^2).
+
+  Args:
+    wav: float audio [B, N].
+    n_fft, hop_length, win_length, center: as `stft`.
+    precision: matmul precision (None: backend default; HIGHEST for librosa-exact features).
+
+  Returns:
+    (real, imag), each float32 [B, T, n_fft // 2 + 1].
+  """
+  wav = jnp.asarray(wav, jnp.float32)
+  num = _frame_count(wav.shape[-1], n_fft, hop_length, center)
+  if center:
+    wav = jnp.pad(wav, ((0, 0), (n_fft // 2, n_fft // 2)))
+  frames = _strided_frames(wav, n_fft, hop_length, num)  # [B, T, n_fft]
+  factors = _four_step_factors(n_fft) if n_fft >= 256 else None
+  if factors:
+    window = jnp.asarray(_hann(win_length or n_fft, n_fft))
+    return _rfft_four_step(frames * window, *factors, precision)
+  out = jnp.matmul(frames, jnp.asarray(_dft_basis(n_fft, win_length or n_fft)),
+                   precision=precision)  # [B, T, 2F]
+  freqs = n_fft // 2 + 1
+  return out[..., :freqs], out[..., freqs:]
+
+
 @functools.partial(jax.jit, static_argnames=('config',))
 def melspectrogram(wav: jax.Array, config: MelConfig) -> jax.Array:
   """Mel spectrogram |STFT|^power @ mel, matching `librosa.feature.melspectrogram` (transposed).
@@ -430,9 +524,17 @@ def melspectrogram(wav: jax.Array, config: MelConfig) -> jax.Array:
   Returns:
     float32 [B, T, n_mels] (or [T, n_mels]).
   """
-  spec = stft(wav, n_fft=config.n_fft, hop_length=config.hop_length,
-              win_length=config.win_length, center=config.center)  # [..., T, F]
-  power = jnp.square(spec.real) + jnp.square(spec.imag)  # |X|^2
+  if config.transform == 'dft':
+    lead = wav.shape[:-1]
+    real, imag = stft_dft(wav.reshape(-1, wav.shape[-1]), n_fft=config.n_fft,
+                          hop_length=config.hop_length, win_length=config.win_length,
+                          center=config.center, precision=jax.lax.Precision.HIGHEST)
+    real, imag = (x.reshape(*lead, *x.shape[1:]) for x in (real, imag))
+  else:
+    spec = stft(wav, n_fft=config.n_fft, hop_length=config.hop_length,
+                win_length=config.win_length, center=config.center)  # [..., T, F]
+    real, imag = spec.real, spec.imag
+  power = jnp.square(real) + jnp.square(imag)  # |X|^2
   if config.power != 2.0:
     power = power ** (config.power / 2.0)
   fb = jnp.asarray(mel_filterbank(config))  # [F, n_mels]

@@ -1,5 +1,6 @@
 """Tests for musiclm_jax.audio: file I/O, bad input, and the JAX front-end against librosa."""
 
+import dataclasses
 import os
 
 import jax
@@ -77,6 +78,35 @@ def test_stft_matches_librosa(n_fft, hop, win, center):
   single = np.asarray(audio.stft(wav[1], n_fft=n_fft, hop_length=hop, win_length=win,
                                  center=center))
   np.testing.assert_allclose(single, ours[1], atol=1e-4)
+
+
+@pytest.mark.parametrize('n_fft,hop,win,center', [(1024, 240, None, True), (512, 128, 400, True),
+                                                  (256, 64, None, True), (256, 100, None, False),
+                                                  (2048, 512, None, True), (1031, 240, None, True),
+                                                  (128, 32, None, True)])
+def test_stft_dft_matches_fft(n_fft, hop, win, center):
+  """The matmul transforms (four-step for 256+ composite sizes, else one DFT basis) equal FFT."""
+  wav = _signals()
+  ref = np.asarray(audio.stft(wav, n_fft=n_fft, hop_length=hop, win_length=win, center=center))
+  real, imag = audio.stft_dft(wav, n_fft=n_fft, hop_length=hop, win_length=win, center=center,
+                              precision=jax.lax.Precision.HIGHEST)
+  ours = np.asarray(real) + 1j * np.asarray(imag)
+  assert ours.shape == ref.shape
+  assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-5
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_log_mel_dft_transform_matches_fft(name):
+  cfg = CONFIGS[name]
+  wav = _signals()
+  ref = np.asarray(audio.log_mel(wav, cfg))
+  ours = np.asarray(audio.log_mel(wav, dataclasses.replace(cfg, transform='dft')))
+  assert ours.shape == ref.shape
+  big = ref > ref.max() + np.log(1e-4)  # bins within 40 dB of the peak
+  assert big.mean() > 0.2
+  np.testing.assert_allclose(ours[big], ref[big], atol=2e-3)
+  with pytest.raises(ValueError, match='transform'):
+    dataclasses.replace(cfg, transform='wavelet')
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))

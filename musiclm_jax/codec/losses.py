@@ -15,7 +15,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from musiclm_jax import audio
 
@@ -77,54 +76,15 @@ def feature_matching_loss(real: list[Output], fake: list[Output]) -> jax.Array:
   return sum(terms) / len(terms)
 
 
-@functools.lru_cache(maxsize=32)
-def _dft_basis(n_fft: int, win: int) -> np.ndarray:
-  """Windowed real-DFT basis [n_fft, 2 * (n_fft // 2 + 1)] (cos | -sin)."""
-  n = np.arange(win, dtype=np.float64)
-  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win)  # periodic Hann, as librosa
-  lpad = (n_fft - win) // 2
-  window = np.pad(window, (lpad, n_fft - win - lpad))  # [n_fft]
-  k = np.arange(n_fft // 2 + 1, dtype=np.float64)
-  phase = 2.0 * np.pi * np.outer(np.arange(n_fft), k) / n_fft  # [n_fft, F]
-  return (np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window[:, None]).astype(
-      np.float32)
-
-
-def _frames(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
-  """[B, N] -> [B, T, n_fft] frames hop apart (slices when hop divides n_fft, else a gather)."""
-  batch, length = wav.shape
-  num = (length - n_fft) // hop + 1
-  if n_fft % hop == 0:
-    r = n_fft // hop
-    blocks = wav[:, :(num + r - 1) * hop].reshape(batch, num + r - 1, hop)
-    return jnp.concatenate([blocks[:, i:i + num] for i in range(r)], axis=-1)
-  idx = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]  # [T, n_fft]
-  return wav[:, idx]
-
-
 def stft(wav: jax.Array, *, n_fft: int, hop: int, win: int | None = None
          ) -> tuple[jax.Array, jax.Array]:
-  """Centred STFT as framing + one matmul with a DFT basis (no FFT op).
+  """Centred STFT by matmuls (`audio.stft_dft`): (real, imag), each float32 [B, T, F].
 
-  Same frames and values as `musiclm_jax.audio.stft` (librosa conventions: zero padding of
-  n_fft // 2 on both sides, periodic Hann window centred in the frame). The matmul runs on
-  TPU/GPU matrix units and avoids XLA:CPU's FFT thunk, which can deadlock the intra-op
-  thread pool when several FFTs run concurrently (jax 0.11 on 2 cores).
-
-  Args:
-    wav: [B, N] float audio.
-    n_fft: frame size.
-    hop: frame step.
-    win: Hann window length (default n_fft).
-
-  Returns:
-    (real, imag), each float32 [B, T, n_fft // 2 + 1].
+  Matmuls run on TPU/GPU matrix units, partition along a sharded batch (an FFT's input is
+  all-gathered) and avoid XLA:CPU's FFT thunk, which deadlocks when several FFTs run at once
+  (jax 0.11 on 2 cores).
   """
-  wav = jnp.pad(wav.astype(jnp.float32), ((0, 0), (n_fft // 2, n_fft // 2)))
-  frames = _frames(wav, n_fft, hop)  # [B, T, n_fft]
-  out = frames @ jnp.asarray(_dft_basis(n_fft, win or n_fft))  # [B, T, 2F]
-  freqs = n_fft // 2 + 1
-  return out[..., :freqs], out[..., freqs:]  # [B, T, F] each
+  return audio.stft_dft(wav, n_fft=n_fft, hop_length=hop, win_length=win)
 
 
 def _magnitude(wav: jax.Array, n_fft: int, hop: int, win: int) -> jax.Array:

@@ -270,8 +270,9 @@ class SoundStreamCodec:
     wav = jnp.asarray(wav, jnp.float32)
     if wav.ndim == 1:
       wav = wav[None]
-    if wav.ndim != 2:
-      raise ValueError(f'SoundStreamCodec.encode: expected audio [batch, samples], got {wav.shape}')
+    if wav.ndim != 2 or wav.shape[-1] == 0:
+      raise ValueError(f'SoundStreamCodec.encode: expected non-empty audio [batch, samples], '
+                       f'got shape {wav.shape}')
     pad = -wav.shape[-1] % self.hop_length
     if pad:
       wav = jnp.pad(wav, ((0, 0), (0, pad)))

@@ -5,8 +5,9 @@ on the left, transposed outputs trimmed on the right), so a frame never depends 
 samples. `Conv2d` is a plain 'same'-padded convolution for spectrogram discriminators.
 
 Every kernel is stored as a 3-D parameter [kernel, in, out] with the logical axes
-('conv_kernel', 'conv_in', 'conv_out'); 2-D kernels are stored flattened over their
-spatial taps so the axis vocabulary stays one name per axis.
+('conv_kernel', 'conv_in', 'conv_out') (None instead of 'conv_out' for single-channel
+outputs, which cannot be split); 2-D kernels are stored flattened over their spatial taps so
+the axis vocabulary stays one name per axis.
 """
 
 import math
@@ -19,27 +20,34 @@ import jax.numpy as jnp
 KERNEL_AXES = ('conv_kernel', 'conv_in', 'conv_out')
 
 
+def _out_axis(features: int) -> str | None:
+  """A single output channel (waveform / logit layers) is never sharded."""
+  return 'conv_out' if features > 1 else None
+
+
 def _kernel(module: nn.Module, shape: tuple[int, ...], weight_norm: bool,
             param_dtype: Any) -> jax.Array:
   """Creates a [taps, in, out] kernel, optionally as weight_g * weight_v / |weight_v|."""
   init = nn.initializers.lecun_normal()
+  axes = KERNEL_AXES[:2] + (_out_axis(shape[-1]),)
   if not weight_norm:
-    return module.param('kernel', nn.with_logical_partitioning(init, KERNEL_AXES), shape,
-                        param_dtype)
-  v = module.param('weight_v', nn.with_logical_partitioning(init, KERNEL_AXES), shape,
+    return module.param('kernel', nn.with_logical_partitioning(init, axes), shape, param_dtype)
+  v = module.param('weight_v', nn.with_logical_partitioning(init, axes), shape,
                    param_dtype)
 
-  def _g_init(_, v):
-    return jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1)))
-
-  g = module.param('weight_g', nn.with_logical_partitioning(_g_init, ('conv_out',)), v)
+  # g = 1: each output filter starts with unit norm, which for v ~ N(0, 1 / fan_in) is what
+  # torch's weight_norm (g = |v|) gives on average, without a data-dependent init.
+  g = module.param('weight_g', nn.with_logical_partitioning(nn.initializers.ones,
+                                                            (_out_axis(shape[-1]),)),
+                   (shape[-1],), param_dtype)
   vf = v.astype(jnp.float32)
   norm = jnp.sqrt(jnp.sum(jnp.square(vf), axis=(0, 1)) + 1e-12)  # [out]
   return (vf * (g.astype(jnp.float32) / norm)).astype(v.dtype)
 
 
 def _bias(module: nn.Module, features: int, param_dtype: Any) -> jax.Array:
-  return module.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
+  return module.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                          (_out_axis(features),)),
                       (features,), param_dtype)
 
 
@@ -185,9 +193,9 @@ class Conv2d(nn.Module):
 def init_conv_params(abstract: Any, rng: jax.Array) -> Any:
   """Values for a parameter tree made only of this file's layers, from ONE random draw.
 
-  Same distributions as the layers' own initialisers (kernels ~ N(0, 1 / fan_in), weight_g =
-  |weight_v| per output channel, biases 0), but XLA compiles one random-number generator
-  instead of one per layer, which makes initialising a SEANet ~10x cheaper to compile on CPU.
+  Same distributions as the layers' own initialisers (kernels ~ N(0, 1 / fan_in), weight_g = 1,
+  biases 0), but XLA compiles one random-number generator instead of one per layer, which
+  makes initialising a SEANet ~10x cheaper to compile on CPU.
 
   Args:
     abstract: `jax.eval_shape` of `module.init(...)['params']` (leaves may be `nn.Partitioned`
@@ -213,13 +221,11 @@ def init_conv_params(abstract: Any, rng: jax.Array) -> Any:
       values[i] = noise[offset:offset + size].reshape(shape) / math.sqrt(fan_in)
       offset += size
   out = []
-  for i, ((path, leaf), name, shape) in enumerate(zip(flat, names, shapes)):
+  for i, ((_, leaf), name, shape) in enumerate(zip(flat, names, shapes)):
     if name == 'bias':
       value = jnp.zeros(shape, jnp.float32)
     elif name == 'weight_g':
-      v = values[[j for j, (p, _) in enumerate(flat) if p[:-1] == path[:-1]
-                  and names[j] == 'weight_v'][0]]
-      value = jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))))
+      value = jnp.ones(shape, jnp.float32)
     else:
       value = values[i]
     dtype = (leaf.value if is_box(leaf) else leaf).dtype

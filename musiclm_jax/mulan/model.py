@@ -121,33 +121,9 @@ class MuLanConfig:
     return cls(**d)
 
 
-def _periodic_hann(win_length: int, n_fft: int) -> np.ndarray:
-  n = np.arange(win_length, dtype=np.float64)
-  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
-  left = (n_fft - win_length) // 2
-  return np.pad(window, (left, n_fft - win_length - left))
-
-
 def log_mel(wav: jax.Array, config: MuLanConfig) -> jax.Array:
   """float32 [B, T, n_mels] log-mel of [B, N] audio, by FFT or DFT matrix (`config.stft`)."""
-  mel_config = config.mel_config
-  if config.stft == 'fft':
-    return audio_lib.log_mel(wav, mel_config)
-  n_fft, hop = mel_config.n_fft, mel_config.hop_length
-  num = audio_lib.num_frames(wav.shape[-1], mel_config)
-  wav = jnp.pad(wav.astype(jnp.float32), ((0, 0), (n_fft // 2, n_fft // 2)))
-  index = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]  # [T, n_fft]
-  frames = wav[:, index]  # [B, T, n_fft]
-  window = _periodic_hann(mel_config.win_length or n_fft, n_fft)[:, None]  # [n_fft, 1]
-  angle = 2.0 * np.pi * np.outer(np.arange(n_fft), np.arange(n_fft // 2 + 1)) / n_fft
-  highest = jax.lax.Precision.HIGHEST
-  real = jnp.matmul(frames, jnp.asarray(window * np.cos(angle), jnp.float32), precision=highest)
-  imag = jnp.matmul(frames, jnp.asarray(-window * np.sin(angle), jnp.float32), precision=highest)
-  power = jnp.square(real) + jnp.square(imag)  # [B, T, n_fft // 2 + 1]
-  if mel_config.power != 2.0:
-    power = power ** (mel_config.power / 2.0)
-  mel = jnp.matmul(power, jnp.asarray(audio_lib.mel_filterbank(mel_config)), precision=highest)
-  return jnp.log(jnp.maximum(mel, mel_config.log_floor))
+  return audio_lib.log_mel(wav, dataclasses.replace(config.mel_config, transform=config.stft))
 
 
 def _projection(features: int, name: str) -> nn.Dense:

@@ -35,11 +35,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from musiclm_jax import audio as audio_lib
 from musiclm_jax.layers import conformer
 
+import os
+QINIT = float(os.environ.get('QINIT', '1.0'))
 SUBSAMPLING = 4  # two stride-2 convolutions in time
 
 
@@ -121,35 +122,11 @@ class W2VBertConfig:
 def log_mel(wav: jax.Array, config: audio_lib.MelConfig) -> jax.Array:
   """`audio.log_mel` with the DFT written as a matmul: float32 [B, T, n_mels] from [B, N].
 
-  Same frames, window, mel filterbank and floor as `musiclm_jax.audio.log_mel` (equal to
-  float32 rounding). Under a batch-sharded `jax.jit`, XLA's SPMD partitioner all-gathers the
-  input of `jnp.fft` (every device would transform the global batch), and on multi-device CPU
-  that all-gather next to the mask RNG deadlocked; a matmul partitions along the batch.
+  Under a batch-sharded `jax.jit`, XLA's SPMD partitioner all-gathers the input of `jnp.fft`
+  (every device would transform the global batch), and on multi-device CPU that all-gather
+  next to the mask RNG deadlocked; a matmul partitions along the batch.
   """
-  n_fft, hop = config.n_fft, config.hop_length
-  win = config.win_length or n_fft
-  wav = wav.astype(jnp.float32)
-  num = audio_lib.num_frames(wav.shape[-1], config)
-  if config.center:
-    wav = jnp.pad(wav, ((0, 0), (n_fft // 2, n_fft // 2)))
-  index = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]  # [T, n_fft]
-  frames = wav[:, index]  # [B, T, n_fft]
-  n = np.arange(win)
-  window = np.zeros(n_fft)
-  lpad = (n_fft - win) // 2
-  window[lpad:lpad + win] = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win)  # periodic Hann
-  k = np.arange(n_fft // 2 + 1)
-  angle = 2.0 * np.pi * np.outer(np.arange(n_fft), k) / n_fft  # [n_fft, F]
-  basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * window[:, None]
-  spec = jnp.matmul(frames, jnp.asarray(basis, jnp.float32),
-                    precision=jax.lax.Precision.HIGHEST)  # [B, T, 2F]: real | imag
-  real, imag = jnp.split(spec, 2, axis=-1)
-  power = jnp.square(real) + jnp.square(imag)
-  if config.power != 2.0:
-    power = power ** (config.power / 2.0)
-  mel = jnp.matmul(power, jnp.asarray(audio_lib.mel_filterbank(config)),
-                   precision=jax.lax.Precision.HIGHEST)  # [B, T, n_mels]
-  return jnp.log(jnp.maximum(mel, config.log_floor))
+  return audio_lib.log_mel(wav, dataclasses.replace(config, transform='dft'))
 
 
 def expected_mask_fraction(mask_prob: float, mask_span: int) -> float:
@@ -248,8 +225,11 @@ class GumbelQuantizer(nn.Module):
       noise-free argmax code (the MLM target); `quantized` uses the Gumbel sample in training.
     """
     cfg = self.config
-    logits = _dense(cfg.codebook_size, ('embed', 'codebook'), name='logits',
-                    dtype=jnp.dtype(cfg.dtype))(x).astype(jnp.float32)  # [B, T, V]
+    logits = nn.Dense(
+        cfg.codebook_size, dtype=jnp.dtype(cfg.dtype), name='logits',
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(QINIT), ('embed', 'codebook')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('codebook',)))(
+            x).astype(jnp.float32)  # [B, T, V]
     codebook = self.param('codebook', nn.with_logical_partitioning(
         nn.initializers.uniform(scale=1.0), ('codebook', 'codebook_dim')),
                           (cfg.codebook_size, cfg.codebook_dim))  # [V, D]
