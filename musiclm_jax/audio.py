@@ -487,8 +487,10 @@ def stft_dft(wav: jax.Array, *, n_fft: int, hop_length: int, win_length: int | N
   Same frames and values as `stft` (to float32 rounding). Used where an FFT is a poor fit:
   batch-sharded programs (a matmul partitions along the batch, an FFT's input is all-gathered),
   TPU matrix units, and XLA:CPU, whose FFT deadlocks when several run at once (jax 0.11; see
-  `MelConfig.transform`). Frames of n_fft >= 256 with a factorisation n1 * n2 (n1, n2 >= 8)
-  use the four-step FFT, O(n (n1 + n2)) per frame; others one DFT-basis matmul, O(n^2).
+  `MelConfig.transform`). Frames of n_fft >= 1024 with a factorisation n1 * n2 (n1, n2 >= 8)
+  use the four-step FFT, O(n (n1 + n2)) per frame (measured 1.2x / 1.6x faster than one
+  matmul at 1024 / 2048 on CPU, slower below: benchmarks/stft_transforms.py); others one
+  DFT-basis matmul, O(n^2).
 
   Args:
     wav: float audio [B, N].
@@ -503,7 +505,7 @@ def stft_dft(wav: jax.Array, *, n_fft: int, hop_length: int, win_length: int | N
   if center:
     wav = jnp.pad(wav, ((0, 0), (n_fft // 2, n_fft // 2)))
   frames = _strided_frames(wav, n_fft, hop_length, num)  # [B, T, n_fft]
-  factors = _four_step_factors(n_fft) if n_fft >= 256 else None
+  factors = _four_step_factors(n_fft) if n_fft >= 1024 else None
   if factors:
     window = jnp.asarray(_hann(win_length or n_fft, n_fft))
     return _rfft_four_step(frames * window, *factors, precision)

@@ -82,10 +82,10 @@ def test_stft_matches_librosa(n_fft, hop, win, center):
 
 @pytest.mark.parametrize('n_fft,hop,win,center', [(1024, 240, None, True), (512, 128, 400, True),
                                                   (256, 64, None, True), (256, 100, None, False),
-                                                  (2048, 512, None, True), (1031, 240, None, True),
+                                                  (2048, 512, None, True), (1031, 240, None, True), (4096, 1024, None, True),
                                                   (128, 32, None, True)])
 def test_stft_dft_matches_fft(n_fft, hop, win, center):
-  """The matmul transforms (four-step for 256+ composite sizes, else one DFT basis) equal FFT."""
+  """The matmul transforms (four-step for 1024+ composite sizes, else one DFT basis) equal FFT."""
   wav = _signals()
   ref = np.asarray(audio.stft(wav, n_fft=n_fft, hop_length=hop, win_length=win, center=center))
   real, imag = audio.stft_dft(wav, n_fft=n_fft, hop_length=hop, win_length=win, center=center,
