@@ -1,0 +1,248 @@
+"""`MelodyEmbedder`: a trained melody embedder usable without the trainer: embeddings, tokens.
+
+  melody = MelodyEmbedder.load('runs/melody_tokenizer')          # a saved folder (fit_rvq)
+  melody = MelodyEmbedder.from_checkpoint('/tmp/melody')          # a training run (no RVQ)
+  melody.embed(wav)        # [B, N] at 24 kHz -> float32 [B, W, 192], unit norm
+  melody.tokens(wav)       # int32 [B, W * levels] in [0, codebook_size), window-major
+
+Windows: `window_seconds` (4 s) every `hop_seconds` (3 s): W = 1 + (N - window) // hop, so a
+10 s clip gives 3 windows (0-4, 3-7, 6-10 s); a clip shorter than one window is zero-padded to
+one; the tail after the last full window is not used. Tokens are the residual vector
+quantization codes (`musiclm_jax.layers.rvq.quantize`, codebooks fitted by
+`musiclm_jax.melody.fit_rvq`) of each window's embedding, window by window:
+[w0 level 0, ..., w0 level L-1, w1 level 0, ...].
+
+A saved embedder is a folder (no trainer, gin or TensorFlow needed to load it):
+  melody.json  format, config, RVQ sizes (written last: marks a complete save)
+  params.npz   parameters, flattened with '/' keys, float32
+  rvq.npz      codebooks [levels, codebook_size, 192] (absent before fit_rvq)
+written next to its destination and renamed into place.
+"""
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from flax import traverse_util
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musiclm_jax.layers import rvq
+from musiclm_jax.melody import model as model_lib
+from musiclm_jax.mulan.inference import _atomic_dir  # pylint: disable=protected-access
+
+FORMAT = 'musiclm_jax.melody/1'
+CONFIG_FILE = 'melody.json'
+PARAMS_FILE = 'params.npz'
+RVQ_FILE = 'rvq.npz'
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _embed(net: model_lib.MelodyEncoder, params: Any, wav: jax.Array) -> jax.Array:
+  return net.apply({'params': params}, wav, method=model_lib.MelodyEncoder.embed_windows)
+
+
+@jax.jit
+def _quantize(codebooks: jax.Array, emb: jax.Array) -> jax.Array:
+  return rvq.quantize(codebooks, emb.astype(jnp.float32)).codes
+
+
+@jax.jit
+def _dequantize(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
+  return rvq.dequantize(codebooks, codes)
+
+
+def config_from_run(model_dir: str, gin_files: Sequence[str] | None = None
+                    ) -> model_lib.MelodyConfig:
+  """The MelodyConfig of a run: its `MODEL` macro from `gin_files` or MODEL_DIR/config.gin."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from musiclm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    if gin_files:
+      train_lib.parse_gin(list(gin_files), [])
+    else:
+      path = os.path.join(model_dir, 'config.gin')
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: the run has no config.gin; pass --gin_file')
+      with open(path) as f:
+        gin.parse_config(f.read())
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  if not isinstance(model, model_lib.MelodyModel):
+    raise ValueError(f'MODEL is a {type(model).__name__}, not a MelodyModel')
+  return model.config
+
+
+class MelodyEmbedder:
+  """Frozen melody embedder + optional RVQ codebooks.
+
+  Args:
+    config: the model config.
+    params: the 'model' parameter group (boxes are unwrapped).
+    codebooks: [levels, codebook_size, embed_dim] RVQ codebooks, or None before fitting.
+  """
+
+  def __init__(self, *, config: model_lib.MelodyConfig, params: Any,
+               codebooks: np.ndarray | None = None):
+    self.config = config
+    self.params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nn.meta.unbox(params))
+    self.net = model_lib.MelodyEncoder(config)
+    self.codebooks = None
+    if codebooks is not None:
+      codebooks = np.asarray(codebooks, np.float32)
+      if codebooks.ndim != 3 or codebooks.shape[2] != config.embed_dim:
+        raise ValueError(f'MelodyEmbedder: codebooks must be [levels, size, {config.embed_dim}]'
+                         f', got {codebooks.shape}')
+      self.codebooks = jnp.asarray(codebooks)
+
+  # -- construction ---------------------------------------------------------------------------
+
+  @classmethod
+  def random(cls, config: model_lib.MelodyConfig, seed: int = 0) -> 'MelodyEmbedder':
+    """An untrained (random-init) embedder: the baseline of the evaluation."""
+    net = model_lib.MelodyEncoder(config)
+    dummy = jnp.zeros((1, config.window_samples), jnp.float32)
+    params = jax.jit(net.init)(jax.random.PRNGKey(seed), dummy)['params']
+    return cls(config=config, params=params)
+
+  @classmethod
+  def from_checkpoint(cls, model_dir: str, *, gin_files: Sequence[str] | None = None,
+                      step: int | None = None) -> 'MelodyEmbedder':
+    """The newest (or `step`) checkpoint of a training run, config from its config.gin."""
+    from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    config = config_from_run(model_dir, gin_files)
+    params, _, _ = checkpoints.load_params(model_dir, step=step)
+    return cls(config=config, params=params['model'])
+
+  @classmethod
+  def from_path(cls, path: str, *, gin_files: Sequence[str] | None = None) -> 'MelodyEmbedder':
+    """A saved folder (holding melody.json) or a training run (holding checkpoints/)."""
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+      return cls.load(path)
+    if os.path.isdir(os.path.join(path, 'checkpoints')):
+      return cls.from_checkpoint(path, gin_files=gin_files)
+    raise FileNotFoundError(f'{path}: neither a saved melody embedder ({CONFIG_FILE}) nor a '
+                            'training run (checkpoints/)')
+
+  # -- sizes (the project's tokenizer contract) -----------------------------------------------
+
+  @property
+  def sample_rate(self) -> int:
+    return self.config.sample_rate
+
+  @property
+  def embed_dim(self) -> int:
+    return self.config.embed_dim
+
+  @property
+  def frame_rate(self) -> float:
+    """Windows per second of audio (one embedding per hop)."""
+    return 1.0 / self.config.hop_seconds
+
+  @property
+  def num_codebooks(self) -> int:
+    return int(self._codebooks().shape[0])
+
+  @property
+  def cardinality(self) -> int:
+    return int(self._codebooks().shape[1])
+
+  def _codebooks(self) -> jax.Array:
+    if self.codebooks is None:
+      raise ValueError('MelodyEmbedder: no RVQ codebooks '
+                       '(run python -m musiclm_jax.melody.fit_rvq)')
+    return self.codebooks
+
+  def num_windows(self, num_samples: int) -> int:
+    return self.config.num_windows(num_samples)
+
+  def num_tokens(self, num_samples: int) -> int:
+    return self.num_windows(num_samples) * self.num_codebooks
+
+  # -- embeddings and tokens ------------------------------------------------------------------
+
+  def embed(self, wav: Any) -> np.ndarray:
+    """Audio [B, N] (or [N]) at 24 kHz -> float32 [B, W, embed_dim], each window unit norm."""
+    wav = np.asarray(wav, np.float32)
+    if wav.ndim == 1:
+      wav = wav[None]
+    if wav.ndim != 2 or wav.shape[1] == 0:
+      raise ValueError(f'MelodyEmbedder: audio must be [batch, samples] with samples > 0, got '
+                       f'{wav.shape}')
+    if not np.all(np.isfinite(wav)):
+      raise ValueError('MelodyEmbedder: audio contains NaN or Inf')
+    return np.asarray(_embed(self.net, self.params, wav))
+
+  def quantize(self, emb: Any) -> np.ndarray:
+    """Embeddings [..., D] -> int32 RVQ codes [..., levels]."""
+    return np.asarray(_quantize(self._codebooks(), jnp.asarray(emb, jnp.float32)))
+
+  def dequantize(self, codes: Any) -> np.ndarray:
+    """Codes [..., n <= levels] -> float32 [..., D] (sum of the code vectors, not renormalised)."""
+    return np.asarray(_dequantize(self._codebooks(), jnp.asarray(codes, jnp.int32)))
+
+  def tokens(self, wav: Any) -> np.ndarray:
+    """Audio [B, N] -> int32 [B, W * levels] melody tokens, window-major."""
+    codes = self.quantize(self.embed(wav))  # [B, W, levels]
+    return codes.reshape(codes.shape[0], -1)
+
+  def with_codebooks(self, codebooks: np.ndarray) -> 'MelodyEmbedder':
+    """The same model with other RVQ codebooks."""
+    return MelodyEmbedder(config=self.config, params=self.params, codebooks=codebooks)
+
+  # -- persistence ----------------------------------------------------------------------------
+
+  def save(self, directory: str, *, extra: dict[str, Any] | None = None) -> None:
+    """Writes the folder described in the module docstring, atomically as a whole.
+
+    Args:
+      directory: destination folder (replaced if it exists).
+      extra: file name -> JSON-serialisable object, written into the folder too (reports).
+    """
+    flat = traverse_util.flatten_dict(jax.device_get(self.params), sep='/')
+    flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+    meta = {'format': FORMAT, 'config': self.config.to_dict(),
+            'rvq': None if self.codebooks is None else {
+                'file': RVQ_FILE, 'num_levels': self.num_codebooks,
+                'codebook_size': self.cardinality}}
+
+    def write(tmp):
+      np.savez(os.path.join(tmp, PARAMS_FILE), **flat)
+      if self.codebooks is not None:
+        np.savez(os.path.join(tmp, RVQ_FILE), codebooks=np.asarray(self.codebooks))
+      for name, obj in (extra or {}).items():
+        with open(os.path.join(tmp, name), 'w') as f:
+          json.dump(obj, f, indent=2, sort_keys=True)
+      with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+    _atomic_dir(directory, write)
+
+  @classmethod
+  def load(cls, directory: str) -> 'MelodyEmbedder':
+    """Reads a folder written by `save`."""
+    path = os.path.join(directory, CONFIG_FILE)
+    try:
+      with open(path) as f:
+        meta = json.load(f)
+    except FileNotFoundError:
+      raise FileNotFoundError(f'{path}: no saved melody embedder here (missing {CONFIG_FILE})'
+                              ) from None
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from None
+    if meta.get('format') != FORMAT:
+      raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
+    config = model_lib.MelodyConfig.from_dict(meta['config'])
+    with np.load(os.path.join(directory, PARAMS_FILE)) as z:
+      params = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep='/')
+    codebooks = None
+    if meta.get('rvq'):
+      with np.load(os.path.join(directory, meta['rvq']['file'])) as z:
+        codebooks = z['codebooks']
+    return cls(config=config, params=params, codebooks=codebooks)
