@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import files
 from musiclm_jax.layers import rvq
 from musiclm_jax.melody import model as model_lib
-from musiclm_jax.mulan.inference import _atomic_dir  # pylint: disable=protected-access
 
 FORMAT = 'musiclm_jax.melody/1'
 CONFIG_FILE = 'melody.json'
@@ -222,7 +222,7 @@ class MelodyEmbedder:
       with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
-    _atomic_dir(directory, write)
+    files.atomic_dir(directory, write)
 
   @classmethod
   def load(cls, directory: str) -> 'MelodyEmbedder':

@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from flax import traverse_util
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import files
 from musiclm_jax.layers import rvq
 from musiclm_jax.mulan import model as model_lib
 from musiclm_jax.mulan import text as text_lib
@@ -79,29 +79,6 @@ def _quantize(codebooks: jax.Array, emb: jax.Array) -> jax.Array:
 @jax.jit
 def _dequantize(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
   return rvq.dequantize(codebooks, codes)
-
-
-def _atomic_dir(directory: str, write_fn) -> None:
-  """Writes a folder via a sibling temp folder renamed into place (replacing an old one)."""
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(directory) + '.tmp-')
-  old = None
-  try:
-    write_fn(tmp)
-    if os.path.exists(directory):
-      old = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(directory) + '.old-')
-      os.rmdir(old)
-      os.replace(directory, old)
-    os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old and os.path.exists(old) and not os.path.exists(directory):
-      os.replace(old, directory)
-    raise
-  if old:
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class MuLan:
@@ -251,7 +228,7 @@ class MuLan:
       with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
-    _atomic_dir(directory, write)
+    files.atomic_dir(directory, write)
 
   @classmethod
   def load(cls, directory: str) -> 'MuLan':

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax import audio as audio_lib
+from musiclm_jax import files
 from musiclm_jax.semantic import kmeans as kmeans_lib
 from musiclm_jax.semantic import tokenizer as tokenizer_lib
 
@@ -469,9 +470,7 @@ def format_table(report: Mapping[str, Any], measure: str = 'nmi') -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tokenizer_lib._atomic_write(  # pylint: disable=protected-access
-      path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
+  files.atomic_write_text(path, json.dumps(obj, indent=2) + '\n')
 
 
 def _audio_batches(clips: Iterable[Mapping[str, Any]], batch_size: int,

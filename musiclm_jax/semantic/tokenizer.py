@@ -13,7 +13,6 @@ A saved tokenizer is a folder, self-contained (no trainer, no gin, no TensorFlow
 import functools
 import json
 import os
-import tempfile
 from typing import Any
 
 from flax import traverse_util
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import files
 from musiclm_jax.semantic import kmeans as kmeans_lib
 from musiclm_jax.semantic import w2vbert
 
@@ -29,24 +29,6 @@ FORMAT = 'musiclm_jax.semantic_tokenizer/1'
 CONFIG_FILE = 'tokenizer.json'
 PARAMS_FILE = 'params.npz'
 KMEANS_FILE = 'kmeans.npz'
-
-
-def _atomic_write(path: str, write_fn) -> None:
-  """Writes via a temp file in the same folder, then `os.replace`."""
-  directory = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                             suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write_fn(f)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,14 +121,14 @@ class SemanticTokenizer:
     os.makedirs(directory, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(self.params), sep='/')
     flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
-    _atomic_write(os.path.join(directory, PARAMS_FILE), lambda f: np.savez(f, **flat))
-    _atomic_write(os.path.join(directory, KMEANS_FILE), lambda f: np.savez(
+    files.atomic_write(os.path.join(directory, PARAMS_FILE), lambda f: np.savez(f, **flat))
+    files.atomic_write(os.path.join(directory, KMEANS_FILE), lambda f: np.savez(
         f, mean=self.mean, std=self.std, centroids=self.centroids))
     meta = {'format': FORMAT, 'model_config': json.loads(self.config.to_json()),
             'layer': self.layer, 'num_clusters': self.cardinality,
             'embed_dim': self.config.embed_dim, 'sample_rate': self.sample_rate,
             'frame_rate': self.frame_rate}
-    _atomic_write(os.path.join(directory, CONFIG_FILE),
+    files.atomic_write(os.path.join(directory, CONFIG_FILE),
                   lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
 
   @classmethod
