@@ -39,7 +39,7 @@ TARGETS = {'semantic': ('semantic', None), 'coarse': ('coarse', (0, 4)),
            'fine': ('fine', (4, 12))}
 
 
-def _load_run(run_dir: str):
+def _load_run(run_dir: str, step: int | None = None):
   """(StageModel, TASK_FEATURE_LENGTHS, params, meta) of a finished stage run."""
   import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
@@ -53,7 +53,7 @@ def _load_run(run_dir: str):
   except ValueError:
     task = ''
   gin.clear_config()
-  params, _, meta = checkpoints.load_params(run_dir)
+  params, _, meta = checkpoints.load_params(run_dir, step=step)
   meta = {**meta, 'melody_task': task.startswith('musiclm_semantic_melody')}
   return model, lengths, params, meta
 
@@ -107,12 +107,12 @@ class Baselines:
 
 
 def evaluate(run_dir: str, tokens_dir: str, *, split: str, windows: int, batch_size: int,
-             seed: int = 0, drop_melody: bool = False) -> dict:
+             seed: int = 0, drop_melody: bool = False, step: int | None = None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from tasks import token_tasks  # pylint: disable=g-import-not-at-top
-  model, lengths, params, meta = _load_run(run_dir)
+  model, lengths, params, meta = _load_run(run_dir, step)
   stage = model.layout.name
   field = TARGETS[stage][0]
   token_tasks.register_token_tasks(tokens_dir, corpus='heldout', cond_dropout=0.0,
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
   p.add_argument('--windows', type=int, default=4, help='random windows per held-out clip')
   p.add_argument('--batch_size', type=int, default=32)
   p.add_argument('--markdown', action='store_true')
+  p.add_argument('--step', type=int, default=None,
+                 help='checkpoint step to score (default: the newest)')
   p.add_argument('--drop_melody', action='store_true',
                  help='melody-conditioned runs: score with the melody tokens dropped (PAD)')
   args = p.parse_args(argv)
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
   for item in args.run:
     _, _, run_dir = item.rpartition('=')
     result = evaluate(run_dir, args.tokens, split=args.split, windows=args.windows,
-                      batch_size=args.batch_size, drop_melody=args.drop_melody)
+                      batch_size=args.batch_size, drop_melody=args.drop_melody, step=args.step)
     results.append(result)
     if not args.markdown:
       print(json.dumps(result), flush=True)

@@ -1,8 +1,9 @@
 """Training runs -> one self-contained sampling bundle, and `load_bundle` to read it back.
 
   python -m musiclm_jax.export --out BUNDLE --codec CODEC_RUN --semantic TOKENIZER_DIR \
-      --mulan MULAN_DIR --stages SEMANTIC_RUN COARSE_RUN FINE_RUN [--dtype bfloat16]
-  python -m musiclm_jax.export --out BUNDLE --from_demo demo_work
+      --mulan MULAN_DIR --stages SEMANTIC_RUN COARSE_RUN FINE_RUN [--melody MELODY_DIR] \
+      [--dtype bfloat16]
+  python -m musiclm_jax.export --out BUNDLE --from_demo demo_work   (+ demo_work/melody/ if there)
 
 Bundle layout (every file listed with its sha256 in manifest.json; `load_bundle` checks them):
 
@@ -14,6 +15,8 @@ Bundle layout (every file listed with its sha256 in manifest.json; `load_bundle`
   stages/<name>/params.npz     LM params, float32 or bfloat16 (stored as uint16, see manifest)
   mulan/                       a `MuLan.save` folder: mulan.json, params.npz, rvq.npz, spm.model
   semantic_tokenizer/          a `SemanticTokenizer.save` folder (w2v-BERT + k-means; optional)
+  melody/                      a `MelodyEmbedder.save` folder with RVQ codebooks (optional:
+                               --melody; needed by a semantic stage conditioned on melody)
   gin/<component>.gin          the runs' config.gin files, for reference only
 
 Configs are stored as JSON dataclass fields and models are rebuilt from them without gin:
@@ -50,6 +53,7 @@ from musiclm_jax.sampling.bundle import DEFAULT_SEMANTIC_FRAME_RATE
 from musiclm_jax.sampling.bundle import FORMAT
 from musiclm_jax.sampling.bundle import load_bundle  # noqa: F401
 from musiclm_jax.sampling.bundle import MANIFEST
+from musiclm_jax.sampling.bundle import MELODY_DIR
 from musiclm_jax.sampling.bundle import read_json
 from musiclm_jax.sampling.bundle import sha256_file
 from musiclm_jax.sampling.bundle import STAGE_NAMES
@@ -186,7 +190,8 @@ def write_bundle(out: str, *, codec_config: Any, codec_params: Any, codec_codebo
                  semantic_tokenizer_dir: str | None = None,
                  semantic_frame_rate: float | None = None, dtype: str = 'float32',
                  gin_configs: Mapping[str, str] | None = None,
-                 sources: Mapping[str, str] | None = None, overwrite: bool = True) -> dict:
+                 sources: Mapping[str, str] | None = None, overwrite: bool = True,
+                 melody: Any = None) -> dict:
   """Writes a bundle folder (via OUT.tmp, renamed into place) and returns its manifest.
 
   Args:
@@ -202,6 +207,8 @@ def write_bundle(out: str, *, codec_config: Any, codec_params: Any, codec_codebo
     gin_configs: component -> config.gin text, stored for reference.
     sources: component -> where it came from (recorded in the manifest).
     overwrite: replace an existing complete bundle.
+    melody: a `MelodyEmbedder` with RVQ codebooks (optional; required when a stage conditions
+      on melody tokens).
   """
   if dtype not in ('float32', 'bfloat16'):
     raise BundleError(f'--dtype: expected float32 or bfloat16, got {dtype!r}')
@@ -227,7 +234,17 @@ def write_bundle(out: str, *, codec_config: Any, codec_params: Any, codec_codebo
                    codec_frame_rate=codec_config.frame_rate,
                    semantic_frame_rate=semantic_frame_rate, mulan_levels=mulan.num_codebooks,
                    mulan_codebook_size=mulan.cardinality,
-                   semantic_clusters=tok_meta['num_clusters'] if tok_meta else None)
+                   semantic_clusters=tok_meta['num_clusters'] if tok_meta else None,
+                   melody_levels=melody.num_codebooks if melody is not None else None,
+                   melody_codebook_size=melody.cardinality if melody is not None else None)
+  if melody is not None and melody.codebooks is None:
+    raise BundleError('melody: the melody embedder has no RVQ codebooks (run '
+                      'python -m musiclm_jax.melody.fit_rvq)')
+  conditioned = [n for n, (s, _) in stages.items()
+                 if 'melody' in [f.name for f in s.layout.conditioning]]
+  if conditioned and melody is None:
+    raise BundleError(f'stage {conditioned[0]} conditions on melody tokens: pass --melody DIR '
+                      '(a melody embedder with RVQ, python -m musiclm_jax.melody.fit_rvq)')
 
   tmp = out + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
@@ -236,7 +253,7 @@ def write_bundle(out: str, *, codec_config: Any, codec_params: Any, codec_codebo
                            codebooks=codebooks, mulan=mulan, stages=stages,
                            semantic_tokenizer_dir=semantic_tokenizer_dir, tok_meta=tok_meta,
                            semantic_frame_rate=semantic_frame_rate, dtype=dtype,
-                           gin_configs=gin_configs, sources=sources)
+                           gin_configs=gin_configs, sources=sources, melody=melody)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -251,7 +268,7 @@ def write_bundle(out: str, *, codec_config: Any, codec_params: Any, codec_codebo
 
 def _write_tree(tmp, *, codec_config, codec_params, codebooks, mulan, stages,
                 semantic_tokenizer_dir, tok_meta, semantic_frame_rate, dtype, gin_configs,
-                sources) -> dict:
+                sources, melody=None) -> dict:
   """Writes every bundle file into `tmp` and returns the manifest (written last)."""
   q = codec_config.quantizer
   os.makedirs(os.path.join(tmp, 'codec'))
@@ -290,6 +307,13 @@ def _write_tree(tmp, *, codec_config, codec_params, codebooks, mulan, stages,
       shutil.copyfile(src, os.path.join(tmp, 'semantic_tokenizer', name))
     components['semantic_tokenizer'] = {'num_clusters': tok_meta['num_clusters'],
                                         'layer': tok_meta.get('layer')}
+  if melody is not None:
+    melody.save(os.path.join(tmp, MELODY_DIR))
+    components['melody'] = {'num_codebooks': melody.num_codebooks,
+                            'codebook_size': melody.cardinality,
+                            'embed_dim': melody.embed_dim,
+                            'window_seconds': melody.config.window_seconds,
+                            'hop_seconds': melody.config.hop_seconds}
   for component, text in (gin_configs or {}).items():
     os.makedirs(os.path.join(tmp, 'gin'), exist_ok=True)
     with open(os.path.join(tmp, 'gin', f'{component}.gin'), 'w') as f:
@@ -318,8 +342,9 @@ def _write_tree(tmp, *, codec_config, codec_params, codebooks, mulan, stages,
 
 def export_from_runs(out: str, *, codec: str, mulan: str, stages: Sequence[str],
                      semantic: str | None = None, spm: str | None = None,
-                     dtype: str = 'float32', overwrite: bool = True) -> dict:
-  """Reads the training runs / saved tokenizers and writes the bundle."""
+                     dtype: str = 'float32', overwrite: bool = True,
+                     melody: str | None = None) -> dict:
+  """Reads the training runs / saved tokenizers (and melody embedder) and writes the bundle."""
   from musiclm_jax.mulan import inference  # pylint: disable=g-import-not-at-top
   if len(stages) != 3:
     raise BundleError(f'--stages: expected 3 runs (semantic, coarse, fine), got {len(stages)}')
@@ -348,17 +373,38 @@ def export_from_runs(out: str, *, codec: str, mulan: str, stages: Sequence[str],
                         text_length=m.text_length)
   if semantic:
     sources['semantic_tokenizer'] = semantic
+  melody_model = None
+  if melody:
+    melody_model = load_melody(melody)
+    sources['melody'] = melody
   return write_bundle(out, codec_config=codec_model.config, codec_params=codec_params,
                       codec_codebooks=quantizer['codebooks'], mulan=m, stages=stage_map,
                       semantic_tokenizer_dir=semantic, dtype=dtype, gin_configs=gin_configs,
-                      sources=sources, overwrite=overwrite)
+                      sources=sources, overwrite=overwrite, melody=melody_model)
+
+
+def load_melody(path: str):
+  """A saved `MelodyEmbedder` with RVQ codebooks (fit_rvq output), or a BundleError."""
+  from musiclm_jax.melody import inference as melody_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(path):
+    raise BundleError(f'--melody {path}: no such folder')
+  try:
+    model = melody_lib.MelodyEmbedder.from_path(path)
+  except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+    raise BundleError(f'--melody {path}: {str(e).splitlines()[0]}') from None
+  if model.codebooks is None:
+    raise BundleError(f'--melody {path}: no RVQ codebooks (run python -m '
+                      'musiclm_jax.melody.fit_rvq)')
+  return model
 
 
 def demo_paths(work: str) -> dict[str, Any]:
   """The demo's work-folder layout (see musiclm_jax/demo.py)."""
   semantic = os.path.join(work, 'semantic_tok')
+  melody = os.path.join(work, MELODY_DIR)
   return {'codec': os.path.join(work, 'codec'), 'mulan': os.path.join(work, 'mulan_rvq'),
           'semantic': semantic if os.path.isdir(semantic) else None,
+          'melody': melody if os.path.isdir(melody) else None,
           'stages': [os.path.join(work, f'stage_{n}')
                      for n in ('semantic_stage', 'coarse', 'fine')],
           'spm': os.path.join(work, 'spm', 'spm.model')}
@@ -376,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--stages', nargs=3, metavar=('SEMANTIC_RUN', 'COARSE_RUN', 'FINE_RUN'),
                  help='the three stage training runs')
   p.add_argument('--spm', help='sentencepiece model (when the MuLan folder lacks one)')
+  p.add_argument('--melody', help='saved melody embedder with RVQ (melody.fit_rvq output; '
+                                  'default with --from_demo: WORK_DIR/melody if present)')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                  help='storage and compute dtype of the stage LMs')
   p.add_argument('--no_overwrite', action='store_true', help='fail if OUT is already a bundle')
@@ -389,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       paths = demo_paths(args.from_demo)
       paths.update({k: v for k, v in (('codec', args.codec), ('mulan', args.mulan),
                                       ('semantic', args.semantic), ('stages', args.stages),
-                                      ('spm', args.spm)) if v})
+                                      ('spm', args.spm), ('melody', args.melody)) if v})
       if not os.path.isfile(paths['spm']):
         paths['spm'] = None
     else:
@@ -397,8 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       if missing:
         raise BundleError(f'missing {", ".join(missing)} (or pass --from_demo WORK_DIR)')
       paths = {'codec': args.codec, 'mulan': args.mulan, 'semantic': args.semantic,
-               'stages': args.stages, 'spm': args.spm}
-    for key in ('codec', 'mulan', 'semantic'):
+               'stages': args.stages, 'spm': args.spm, 'melody': args.melody}
+    for key in ('codec', 'mulan', 'semantic', 'melody'):
       if paths[key] and not os.path.isdir(paths[key]):
         raise BundleError(f'--{key} {paths[key]}: no such folder')
     for run in paths['stages']:
@@ -407,14 +455,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = export_from_runs(args.out, codec=paths['codec'], mulan=paths['mulan'],
                                 stages=paths['stages'], semantic=paths['semantic'],
                                 spm=paths['spm'], dtype=args.dtype,
-                                overwrite=not args.no_overwrite)
+                                overwrite=not args.no_overwrite, melody=paths['melody'])
   except BundleError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   total = sum(f['bytes'] for f in manifest['files'].values())
   stages = ', '.join(f'{name} {info["params"]:,} params'
                      for name, info in manifest['components']['stages'].items())
-  print(f'wrote {args.out}: {len(manifest["files"])} files, {total / 1e6:.1f} MB; {stages}')
+  melody = manifest['components'].get('melody')
+  extra = (f'; melody embedder {melody["num_codebooks"]} x {melody["codebook_size"]} tokens'
+           if melody else '')
+  print(f'wrote {args.out}: {len(manifest["files"])} files, {total / 1e6:.1f} MB; {stages}'
+        + extra)
   return 0
 
 

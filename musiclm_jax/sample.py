@@ -4,15 +4,28 @@ r"""`musiclm sample`: prompts -> music, written as a gallery.
   python -m musiclm_jax.sample --bundle BUNDLE --prompts_file gin/demo_prompts.jsonl --out out/
   python -m musiclm_jax.sample --bundle BUNDLE --out out/ \
       --story "calm meditation (0:00-0:15), uplifting wake-up theme (0:15-0:30)"
+  python -m musiclm_jax.sample --bundle BUNDLE --prompt "a guitar riff" --melody hum.wav \
+      --out out/
 
 Writes OUT/<id>.wav (24 kHz), OUT/<id>.png (log-mel), OUT/manifest.json (prompts, story
 segments, seeds, settings, durations, bundle sha256, wall time and real-time factor per stage)
 and OUT/index.html. Prompts files: `.jsonl`/`.json` lines
-{"prompt": ..., "duration": ..., "story": [...], "id": ..., "seed": ...} (prompt or story), any
-other extension one prompt per line ('#' comments). A bad item (empty prompt, broken line,
-bad story timing, duration <= 0 or above 300 s) is skipped and reported with its line number;
-the rest still runs, and outputs already written stay. Exit status: 0 all written, 1 some
-items skipped, 2 nothing to do (usage errors, unknown bundle).
+{"prompt": ..., "duration": ..., "story": [...], "id": ..., "seed": ..., "melody": ...} (prompt
+or story), any other extension one prompt per line ('#' comments). A bad item (empty prompt,
+broken line, bad story timing, duration <= 0 or above 300 s) is skipped and reported with its
+line number; the rest still runs, and outputs already written stay. Exit status: 0 all written,
+1 some items skipped, 2 nothing to do (usage errors, unknown bundle, a bad melody file).
+
+Melody conditioning (bundles exported with a melody embedder and a melody-conditioned semantic
+stage): `--melody FILE` conditions every prompt on one hummed/whistled/played melody; a jsonl
+line's "melody" (a path, relative to the prompts file's folder) overrides it for that line.
+A plain prompt with a melody lasts as long as the melody unless `--duration` (or the line's
+"duration") says otherwise. Every melody file is read and checked before anything is written:
+not audio or unreadable, silent (RMS below -60 dBFS), shorter than 1 s or longer than 300 s,
+or a bundle without a melody model, is a one-line error naming the file, exit status 2, and
+the output folder is left untouched. The manifest records each sample's melody (path, sha256,
+duration) and OUT/<id>_melody.wav holds the melody as the model heard it (mono, 24 kHz), shown
+next to the output in the gallery.
 
 Sampling defaults are the paper's temperatures (1.0 / 0.95 / 0.4), no top-k/top-p, no
 classifier-free guidance (--cfg_scale 1). Same seed, prompt and id: the same audio.
@@ -32,6 +45,8 @@ from musiclm_jax.sampling import story as story_lib
 
 STAGES = ('semantic', 'coarse', 'fine')
 DEFAULT_DURATION = 10.0
+MELODY_MIN_SECONDS = 1.0
+MELODY_SILENCE_DB = -60.0  # a melody whose RMS level is below this is "silent"
 _PAPER_TEMPERATURES = {'semantic': 1.0, 'coarse': 0.95, 'fine': 0.4}
 
 
@@ -49,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--story', action='append', default=[],
                  help='timed prompts "text (0:00-0:15), text (0:15-0:30)" (repeatable)')
   p.add_argument('--duration', type=float, default=None,
-                 help=f'seconds per plain prompt (default {DEFAULT_DURATION:g}; '
-                      f'max {longform.MAX_DURATION_SECONDS:g}); a story lasts to its end')
+                 help=f'seconds per plain prompt (default {DEFAULT_DURATION:g}, or the melody\'s '
+                      f'length; max {longform.MAX_DURATION_SECONDS:g}); a story lasts to its end')
+  p.add_argument('--melody', default=None,
+                 help='audio file of a melody (hum, whistle, instrument) that conditions every '
+                      'prompt (needs a bundle with a melody model)')
   p.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
   p.add_argument('--seed', type=int, default=0)
   for stage in STAGES:
@@ -87,13 +105,17 @@ def _item_from_json(obj: Any, where: str, default_duration: float) -> dict[str, 
   """One jsonl object -> {'id', 'prompt', 'segments', 'duration', 'seed'}; ValueError if bad."""
   if not isinstance(obj, dict):
     raise ValueError(f'{where}: expected a JSON object, got {type(obj).__name__}')
-  unknown = sorted(set(obj) - {'prompt', 'duration', 'story', 'id', 'seed'})
+  unknown = sorted(set(obj) - {'prompt', 'duration', 'story', 'id', 'seed', 'melody'})
   if unknown:
     raise ValueError(f'{where}: unknown keys {unknown}')
   prompt, story = obj.get('prompt'), obj.get('story')
   if (prompt is None) == (story is None):
     raise ValueError(f'{where}: give exactly one of "prompt" or "story"')
-  item = {'id': obj.get('id'), 'seed': obj.get('seed')}
+  item = {'id': obj.get('id'), 'seed': obj.get('seed'), 'duration_given': 'duration' in obj}
+  if obj.get('melody') is not None:
+    if not isinstance(obj['melody'], str) or not obj['melody'].strip():
+      raise ValueError(f'{where}: "melody" must be a file path')
+    item['melody'] = obj['melody']
   if item['id'] is not None and not isinstance(item['id'], str):
     raise ValueError(f'{where}: "id" must be a string')
   if item['seed'] is not None and (isinstance(item['seed'], bool) or
@@ -126,6 +148,7 @@ def read_prompts_file(path: str, default_duration: float
   except (OSError, UnicodeDecodeError) as e:
     raise UsageError(f'--prompts_file {path}: cannot read ({type(e).__name__}: {e})') from None
   is_json = path.lower().endswith(('.jsonl', '.json'))
+  folder = os.path.dirname(os.path.abspath(path))
   items, skipped = [], []
   for number, line in enumerate(lines, start=1):
     where = f'{path}:{number}'
@@ -137,7 +160,10 @@ def read_prompts_file(path: str, default_duration: float
           obj = json.loads(line)
         except json.JSONDecodeError as e:
           raise ValueError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
-        items.append((where, _item_from_json(obj, where, default_duration)))
+        item = _item_from_json(obj, where, default_duration)
+        if item.get('melody'):  # relative to the prompts file
+          item['melody'] = os.path.join(folder, os.path.expanduser(item['melody']))
+        items.append((where, item))
       else:
         items.append((where, _item_from_json({'prompt': line}, where, default_duration)))
     except ValueError as e:
@@ -171,6 +197,65 @@ def collect_items(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], lis
     items += more
     skipped += bad
   return items, skipped
+
+
+def attach_melodies(args: argparse.Namespace, items: list[tuple[str, dict]], bundle) -> None:
+  """Reads and checks every melody file; sets item['melody_audio'] / ['melody_info'] and, for
+  plain prompts without a given duration, the duration from the melody's length.
+
+  Raises:
+    UsageError: naming the first bad file (or a bundle without a melody model).
+  """
+  if args.melody:
+    for _, item in items:
+      if not item.get('melody'):
+        item['melody'] = args.melody
+  paths = list(dict.fromkeys(item['melody'] for _, item in items if item.get('melody')))
+  if not paths:
+    return
+  if not getattr(bundle, 'has_melody', False):
+    raise UsageError(f'{bundle.path}: this bundle has no melody model (export one with '
+                     f'python -m musiclm_jax.export ... --melody DIR); cannot use melody '
+                     f'{paths[0]}')
+  loaded = {p: load_melody(p, bundle.sample_rate) for p in paths}
+  for _, item in items:
+    if not item.get('melody'):
+      continue
+    wav, info = loaded[item['melody']]
+    item['melody_audio'], item['melody_info'] = wav, info
+    if item['prompt'] is not None and not (item.get('duration_given') or
+                                           args.duration is not None):
+      item['duration'] = info['duration']
+      item['segments'] = [story_lib.StorySegment(item['prompt'], 0.0, info['duration'])]
+
+
+def load_melody(path: str, sample_rate: int):
+  """(float32 mono audio at sample_rate, {'path', 'sha256', 'duration'}) of a melody file.
+
+  Raises:
+    UsageError: one line naming the file: not audio / unreadable, silent, shorter than
+      MELODY_MIN_SECONDS or longer than the maximum duration.
+  """
+  from musiclm_jax import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.sampling import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  try:
+    wav = audio_lib.load_audio(path, sample_rate=sample_rate, mono=True,
+                               min_duration_s=MELODY_MIN_SECONDS,
+                               max_duration_s=longform.MAX_DURATION_SECONDS)
+  except audio_lib.AudioError as e:
+    raise UsageError(f'melody {path}: {e.reason}') from None
+  except (OSError, ValueError) as e:
+    raise UsageError(f'melody {path}: cannot read ({type(e).__name__}: '
+                     f'{" ".join(str(e).split())[:200]})') from None
+  duration = len(wav) / sample_rate
+  if duration > longform.MAX_DURATION_SECONDS:  # resampling rounds
+    raise UsageError(f'melody {path}: too long ({duration:.3f} s > max '
+                     f'{longform.MAX_DURATION_SECONDS:g} s)')
+  if audio_lib.is_silent(wav, MELODY_SILENCE_DB):
+    raise UsageError(f'melody {path}: silent (RMS below {MELODY_SILENCE_DB:g} dBFS)')
+  info = {'path': os.path.abspath(path), 'sha256': bundle_lib.sha256_file(path),
+          'duration': round(duration, 6)}
+  return wav, info
 
 
 def _slug(item: dict, index: int) -> str:
@@ -224,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       bundle = bundle_lib.load_bundle(args.bundle, reuse=True)
     except bundle_lib.BundleError as e:
       raise UsageError(str(e)) from None
+    attach_melodies(args, items, bundle)
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -238,14 +324,14 @@ def run(args, bundle, settings, items, skipped, start_time) -> int:
   pipe = pipeline_lib.Pipeline(bundle, settings=settings, devices=devices,
                                batch_size=args.batch_size,
                                codec_window_seconds=args.codec_window_seconds)
-  requests, wheres = [], {}
+  requests, wheres, melodies = [], {}, {}
   names = gallery.unique_ids([_slug(item, i) for i, (_, item) in enumerate(items)])
   for name, (where, item) in zip(names, items):
     seed = args.seed if item.get('seed') is None else item['seed']
     for k in range(args.num_samples):
       rid = name if args.num_samples == 1 else f'{name}-s{k}'
       req = pipeline_lib.Request(rid, item['segments'], item['duration'], seed=seed,
-                                 prompt=item['prompt'])
+                                 prompt=item['prompt'], melody=item.get('melody_audio'))
       try:
         pipe.check(req)
       except ValueError as e:
@@ -253,6 +339,8 @@ def run(args, bundle, settings, items, skipped, start_time) -> int:
         break
       requests.append(req)
       wheres[rid] = where
+      if item.get('melody_info'):
+        melodies[rid] = item['melody_info']
   for s in skipped:
     print(f'skipped: {s["where"]}: {s["reason"]}', file=sys.stderr)
   if not requests:
@@ -277,6 +365,11 @@ def run(args, bundle, settings, items, skipped, start_time) -> int:
     gallery.write_wav(os.path.join(args.out, wav_name), result.audio, result.sample_rate)
     gallery.write_spectrogram(os.path.join(args.out, png_name), result.audio,
                               result.sample_rate)
+    melody = {}
+    if r.id in melodies:  # the melody as the model heard it, next to the output
+      melody_name = f'{r.id}_melody.wav'
+      gallery.write_wav(os.path.join(args.out, melody_name), r.melody, result.sample_rate)
+      melody = {'melody': {**melodies[r.id], 'wav': melody_name}}
     audio_seconds = result.batch_size * r.duration
     samples.append({
         'id': r.id, 'source': wheres[r.id], 'prompt': r.prompt,
@@ -287,7 +380,7 @@ def run(args, bundle, settings, items, skipped, start_time) -> int:
         'stage_tokens': result.stage_tokens,
         'compile_seconds': {k: round(v, 3) for k, v in result.compile_seconds.items()},
         'real_time_factor': {k: round(v / audio_seconds, 4)
-                             for k, v in result.stage_seconds.items()}})
+                             for k, v in result.stage_seconds.items()}, **melody})
     batch_seconds[result.batch_index] = (result.stage_seconds, result.stage_tokens,
                                          audio_seconds)
     manifest['summary'] = _summary(batch_seconds, len(samples), len(skipped), start_time)

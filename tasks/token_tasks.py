@@ -4,6 +4,8 @@
   ->  musiclm_semantic_synth, musiclm_coarse_synth, musiclm_fine_synth   (tasks)
       musiclm_semantic, musiclm_coarse, musiclm_fine                     (mixtures of every
                                                                          registered corpus)
+      musiclm_semantic_melody_synth, musiclm_semantic_melody             (only for stores with
+                                                                         melody tokens)
 
 The store is what `python -m musiclm_jax.data.precompute --out TOKENS_DIR` writes: sharded
 TFRecords per split (`TOKENS_DIR/<split>/shard-*-of-*.tfrecord`), read with
@@ -16,6 +18,8 @@ are frames per window (`TASK_FEATURE_LENGTHS`), and each stage emits the raw cod
   semantic  {'semantic': 32 / 750}                           mulan [12], semantic [S]
   coarse    {'semantic': 16 / 250, 'coarse': 32 / 500}       mulan [12], semantic [S], coarse [A, 4]
   fine      {'coarse': 16 / 150, 'fine': 16 / 150}           coarse [A, 4], fine [A, 8]
+  semantic  {'semantic': 100 / 750, 'melody': 1 / 9}         mulan [12], melody [M, L],
+   +melody                                                   semantic [S]
 
 -1 marks a missing frame (clip shorter than the window) or dropped conditioning; the layouts
 turn it into PAD, which the loss mask excludes.
@@ -42,8 +46,10 @@ from musiclm_jax.data import token_store
 log = logging.getLogger(__name__)
 
 STAGES = ('semantic', 'coarse', 'fine')
+MELODY_STAGE = 'semantic_melody'  # the semantic stage conditioned on melody tokens too
 SHUFFLE_BUFFER = 1024
 _REGISTERED: dict[str, str] = {}  # corpus -> tokens dir, in registration order
+_WITH_MELODY: set[str] = set()  # registered corpora whose store has melody tokens
 
 
 def task_name(stage: str, corpus: str) -> str:
@@ -54,11 +60,13 @@ def mixture_name(stage: str) -> str:
   return f'musiclm_{stage}'
 
 
-def feature_description() -> dict[str, tf.io.FixedLenSequenceFeature | tf.io.FixedLenFeature]:
-  """How to parse one stored clip (see musiclm_jax/data/precompute.py)."""
+def feature_description(melody: bool = False
+                        ) -> dict[str, tf.io.FixedLenSequenceFeature | tf.io.FixedLenFeature]:
+  """How to parse one stored clip (see musiclm_jax/data/precompute.py); `melody` adds the
+  melody tokens (stores written with a melody embedder)."""
   ints = lambda: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
   out = {k: ints() for k in ('semantic', 'acoustic', 'mulan_audio', 'mulan_text',
-                             'acoustic_levels')}
+                             'acoustic_levels', *(('melody', 'melody_levels') if melody else ()))}
   out.update({k: tf.io.FixedLenFeature([], tf.string, default_value='')
               for k in ('caption', 'work_id', 'render_id')})
   return out
@@ -75,9 +83,11 @@ def output_features(stage: str, sizes: Mapping[str, int] | None = None) -> dict[
   mulan = _feature(1, sizes.get('mulan', 0))
   semantic = _feature(1, sizes.get('semantic', 0))
   codec = _feature(2, sizes.get('codec', 0))
+  melody = _feature(2, sizes.get('melody', 0))
   return {'semantic': {'mulan': mulan, 'semantic': semantic},
           'coarse': {'mulan': mulan, 'semantic': semantic, 'coarse': codec},
-          'fine': {'coarse': codec, 'fine': codec}}[stage]
+          'fine': {'coarse': codec, 'fine': codec},
+          MELODY_STAGE: {'mulan': mulan, 'melody': melody, 'semantic': semantic}}[stage]
 
 
 def _store_facts(tokens_dir: str) -> tuple[dict[str, int], dict[str, int], int]:
@@ -98,11 +108,42 @@ def _store_facts(tokens_dir: str) -> tuple[dict[str, int], dict[str, int], int]:
   return sizes, counts, int(round(ratio))
 
 
+def melody_facts(tokens_dir: str) -> dict[str, float] | None:
+  """The melody tokens of a store: {'levels', 'codebook_size', 'hop_frames' (semantic frames
+  per melody hop), 'window_seconds', 'semantic_rate'}; None without melody tokens."""
+  try:
+    tok = token_store.read_info(tokens_dir)['tokenizers']
+  except FileNotFoundError:
+    return None
+  if 'melody' not in tok:
+    return None
+  rate = float(tok['semantic']['frame_rate'])
+  hop = float(tok['melody']['hop_seconds']) * rate
+  if abs(hop - round(hop)) > 1e-6 or round(hop) < 1:
+    raise ValueError(f'{tokens_dir}: the melody hop {tok["melody"]["hop_seconds"]} s is not a '
+                     f'whole number of semantic frames at {rate} Hz')
+  return {'levels': int(tok['melody']['num_levels']),
+          'codebook_size': int(tok['melody']['codebook_size']), 'hop_frames': int(round(hop)),
+          'window_seconds': float(tok['melody']['window_seconds']), 'semantic_rate': rate}
+
+
 def stage_preprocessors(stage: str, *, salt: int, frame_ratio: int = 2, coarse_levels: int = 4,
                         fine_levels: int = 8, cond_dropout: float = 0.1,
-                        mulan_text_prob: float = 0.0) -> list:
-  """parse -> the stage's window (see musiclm_jax.data.token_preprocessors)."""
-  if stage == 'semantic':
+                        mulan_text_prob: float = 0.0, melody_dropout: float = 0.1,
+                        melody: Mapping[str, float] | None = None) -> list:
+  """parse -> the stage's window (see musiclm_jax.data.token_preprocessors).
+
+  `stage` is one of STAGES or MELODY_STAGE (which needs `melody`, from `melody_facts`).
+  """
+  if stage == MELODY_STAGE:
+    if not melody:
+      raise ValueError(f'{MELODY_STAGE}: the token store has no melody tokens')
+    window = functools.partial(
+        tprep.semantic_melody_window, hop_frames=int(melody['hop_frames']),
+        melody_levels=int(melody['levels']), semantic_rate=float(melody['semantic_rate']),
+        window_seconds=float(melody['window_seconds']), cond_dropout=cond_dropout,
+        melody_dropout=melody_dropout, mulan_text_prob=mulan_text_prob, salt=salt)
+  elif stage == 'semantic':
     window = functools.partial(tprep.semantic_window, cond_dropout=cond_dropout,
                                mulan_text_prob=mulan_text_prob, salt=salt)
   elif stage == 'coarse':
@@ -125,8 +166,13 @@ def _replace(name: str) -> None:
 def register_token_tasks(tokens_dir: str | None = None, *, corpus: str = 'synth',
                          cond_dropout: float = 0.1, mulan_text_prob: float = 0.0,
                          coarse_levels: int = 4, fine_levels: int = 8,
-                         shuffle_buffer_size: int = SHUFFLE_BUFFER) -> list[str]:
+                         shuffle_buffer_size: int = SHUFFLE_BUFFER,
+                         melody_dropout: float = 0.1) -> list[str]:
   """Registers (or re-registers) the three stage tasks of `corpus` and the stage mixtures.
+
+  When the store has melody tokens, also `musiclm_semantic_melody_<corpus>` (the semantic stage
+  conditioned on MuLan and melody tokens) and the mixture `musiclm_semantic_melody` over every
+  registered corpus with melody tokens.
 
   Args:
     tokens_dir: the token store (default $MUSICLM_TOKENS_DIR).
@@ -137,9 +183,11 @@ def register_token_tasks(tokens_dir: str | None = None, *, corpus: str = 'synth'
     coarse_levels: codec levels of the coarse stage.
     fine_levels: codec levels of the fine stage (after the coarse ones).
     shuffle_buffer_size: example shuffle buffer per task.
+    melody_dropout: probability of dropping the melody tokens alone (melody task only; with
+      probability `cond_dropout` MuLan and melody are dropped together).
 
   Returns:
-    The task names, then the mixture names.
+    The task names, then the mixture names (then the melody task and mixture, if any).
   """
   tokens_dir = token_store.resolve_tokens_dir(tokens_dir)
   sizes, counts, ratio = _store_facts(tokens_dir)
@@ -166,7 +214,47 @@ def register_token_tasks(tokens_dir: str | None = None, *, corpus: str = 'synth'
     seqio.MixtureRegistry.add(mixture_name(stage),
                               [(task_name(stage, c), 1.0) for c in _REGISTERED])
     names.append(mixture_name(stage))
+  names += _register_melody_task(tokens_dir, corpus, counts, sizes, cond_dropout=cond_dropout,
+                                 mulan_text_prob=mulan_text_prob, melody_dropout=melody_dropout,
+                                 shuffle_buffer_size=shuffle_buffer_size)
   log.debug('registered %s on %s', names, tokens_dir)
+  return names
+
+
+def _register_melody_task(tokens_dir: str, corpus: str, counts: Mapping[str, int],
+                          sizes: Mapping[str, int], *, cond_dropout: float,
+                          mulan_text_prob: float, melody_dropout: float,
+                          shuffle_buffer_size: int) -> list[str]:
+  """The melody task of `corpus` (if its store has melody tokens) and the melody mixture."""
+  name = task_name(MELODY_STAGE, corpus)
+  _replace(name)
+  _WITH_MELODY.discard(corpus)
+  facts = melody_facts(tokens_dir)
+  names = []
+  if facts is not None:
+    splits = list(counts) or ['train', 'validation', 'test']
+    source = seqio.TFExampleDataSource(
+        split_to_filepattern={s: os.path.join(tokens_dir, s, token_store.SHARD_PATTERN)
+                              for s in splits},
+        feature_description=feature_description(melody=True),
+        num_input_examples=counts or None)
+    seqio.TaskRegistry.add(
+        name, source=source,
+        output_features=output_features(MELODY_STAGE, {**sizes,
+                                                       'melody': facts['codebook_size']}),
+        preprocessors=stage_preprocessors(
+            MELODY_STAGE, salt=prep.stable_salt(name), cond_dropout=cond_dropout,
+            mulan_text_prob=mulan_text_prob, melody_dropout=melody_dropout, melody=facts),
+        shuffle_buffer_size=shuffle_buffer_size)
+    _WITH_MELODY.add(corpus)
+    names.append(name)
+  mixture = mixture_name(MELODY_STAGE)
+  _replace(mixture)
+  corpora = [c for c in _REGISTERED if c in _WITH_MELODY]
+  if corpora:
+    seqio.MixtureRegistry.add(mixture, [(task_name(MELODY_STAGE, c), 1.0) for c in corpora])
+    if facts is not None:
+      names.append(mixture)
   return names
 
 

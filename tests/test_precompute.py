@@ -18,6 +18,7 @@ from musiclm_jax.data import token_store  # noqa: E402
 SR = 24000
 LENGTHS = [24000, 36000, 500, 30000, 12000, 24000, 48000, 20000, 26000, 24000]  # clip 2: short
 NAN_CLIP = 5
+CAPTIONS = {3: '', 7: '<b></b>'}  # no caption; a caption MuLan rejects (empty after cleaning)
 
 
 def _clip(i: int) -> np.ndarray:
@@ -48,7 +49,7 @@ class PrecomputeTestCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
   def _generate_examples(self, indices):
     for i in indices:
-      yield i, {'audio': _clip(i), 'caption': '' if i == 3 else f'clip {i}',
+      yield i, {'audio': _clip(i), 'caption': CAPTIONS.get(i, f'clip {i}'),
                 'work_id': f'w{i // 2}', 'render_id': f'w{i // 2}#r{i % 2}'}
 
 
@@ -91,6 +92,8 @@ class FakeMuLan:
     return (np.abs(wav).sum(1, keepdims=True).astype(np.int64) + np.arange(12)) % 64
 
   def text_tokens(self, texts):
+    if any(not t.strip() or t.startswith('<') for t in texts):
+      raise ValueError('empty prompt after cleaning')
     return (np.array([[len(t)] for t in texts]) * 7 + np.arange(12)) % 64
 
 
@@ -160,9 +163,9 @@ def test_writes_shards_index_and_tokens(clean_run):
     np.testing.assert_array_equal(np.array(r['acoustic']).reshape(-1, 12),
                                   np.asarray(codec.encode(alone))[0, :-(-n // 480)])
     np.testing.assert_array_equal(r['semantic'], np.asarray(semantic.tokenize(alone))[0, :n // 960])
-    assert r['mulan_text'] == ([-1] * 12 if i == 3 else list(FakeMuLan().text_tokens(
+    assert r['mulan_text'] == ([-1] * 12 if i in CAPTIONS else list(FakeMuLan().text_tokens(
         [f'clip {i}'])[0]))
-    assert r['caption'] == ['' if i == 3 else f'clip {i}']
+    assert r['caption'] == [CAPTIONS.get(i, f'clip {i}')]
 
 
 def test_crash_leaves_no_half_shard_and_rerun_resumes(corpus, clean_run, tmp_path):

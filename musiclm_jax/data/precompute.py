@@ -2,13 +2,16 @@ r"""Runs the frozen tokenizers once over a corpus and stores the tokens as shard
 
   python -m musiclm_jax.data.precompute --corpus synth [--config small] --data_dir D \
       --tokenizers DIR --out TOKENS_DIR [--splits train,validation,test] [--batch_size 8] \
-      [--shard_size 64] [--codec RUN_DIR] [--semantic DIR] [--mulan DIR] [--no_progress]
+      [--shard_size 64] [--codec RUN_DIR] [--semantic DIR] [--mulan DIR] [--melody DIR] \
+      [--no_melody] [--no_progress]
 
 `--tokenizers DIR` is a folder holding (the demo's work folder has this layout)
   codec/         a SoundStream training run (`config.gin` + `checkpoints/`)
   semantic_tok/  a saved `SemanticTokenizer` (python -m musiclm_jax.semantic.fit_kmeans)
   mulan_rvq/     a saved `MuLan` with RVQ codebooks (python -m musiclm_jax.mulan.fit_rvq)
-and `--codec`, `--semantic`, `--mulan` override each one.
+  melody/        optional: a saved `MelodyEmbedder` with RVQ (python -m musiclm_jax.melody.fit_rvq)
+and `--codec`, `--semantic`, `--mulan`, `--melody` override each one (`--no_melody` ignores a
+melody/ folder).
 
 Output (readers: `tasks/token_tasks.py`):
   TOKENS_DIR/tokenizers.json          tokenizer paths, vocabulary sizes, frame rates, source
@@ -19,6 +22,10 @@ Output (readers: `tasks/token_tasks.py`):
       mulan_text   int64 [12]         MuLan RVQ tokens of its caption (-1 when it has none)
       num_semantic_frames, num_acoustic_frames, acoustic_levels   int64 []
       caption, work_id, render_id     bytes []
+    and, only with a melody embedder (tokenizers.json then has a 'melody' entry):
+      melody       int64 [W * M]      melody RVQ tokens [W, M], window-major: one window of
+                                      4 s every 3 s of the clip (W = 1 + (N - 4 s) // 3 s)
+      num_melody_frames, melody_levels   int64 []
   TOKENS_DIR/<split>/shard-....json   the shard's example count and skipped clips
   TOKENS_DIR/<split>/index.json       shards, counts and skipped clips by reason
   TOKENS_DIR/DONE                     every requested split is complete
@@ -95,6 +102,10 @@ def serialize(tokens: Mapping[str, np.ndarray], caption: str, work_id: str,
       'acoustic_levels': ints([acoustic.shape[1]]),
       'caption': text(caption), 'work_id': text(work_id), 'render_id': text(render_id),
   }
+  if 'melody' in tokens:  # [W, M]
+    melody = np.asarray(tokens['melody'])
+    feature.update(melody=ints(melody), num_melody_frames=ints([melody.shape[0]]),
+                   melody_levels=ints([melody.shape[1]]))
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -304,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help='codec model gin file(s) when the run config.gin cannot be parsed')
   p.add_argument('--semantic', default=None, help='SemanticTokenizer folder (overrides)')
   p.add_argument('--mulan', default=None, help='saved MuLan folder with RVQ (overrides)')
+  p.add_argument('--melody', default=None,
+                 help='saved melody embedder with RVQ (default: TOKENIZERS/melody/ if present)')
+  p.add_argument('--no_melody', action='store_true',
+                 help='no melody tokens, even when TOKENIZERS/melody/ exists')
   p.add_argument('--out', required=True, help='TOKENS_DIR to write')
   p.add_argument('--splits', default=None, help='comma-separated (default: every split)')
   p.add_argument('--batch_size', type=int, default=8)
@@ -331,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   tfds_name = args.tfds_name or CORPORA[args.corpus].format(config=config)
   splits = [s for s in (args.splits or '').split(',') if s] or None
   try:
-    paths = tokenizer_paths(args.tokenizers, args.codec, args.semantic, args.mulan)
+    if args.melody and args.no_melody:
+      raise ValueError('--melody and --no_melody exclude each other')
+    paths = tokenizer_paths(args.tokenizers, args.codec, args.semantic, args.mulan,
+                            melody=args.melody, use_melody=not args.no_melody)
     missing = [f'{k} ({p})' for k, p in paths.items() if not os.path.exists(p)]
     if missing:
       raise ValueError(f'missing tokenizers: {", ".join(missing)}')

@@ -10,6 +10,9 @@ gin, no trainer, no TensorFlow, no training data) and returns a `Bundle`:
   bundle.stage_params[name]    its parameters (numpy; bfloat16 when exported so)
   bundle.semantic_frame_rate   Hz of semantic tokens (25)
   bundle.sha256                sha256 of manifest.json: identifies the bundle in sample manifests
+  bundle.melody                MelodyEmbedder with RVQ (melody/ of a bundle exported with
+                               --melody), else None; `bundle.has_melody` also needs a semantic
+                               stage that conditions on melody tokens
 
 See `musiclm_jax.export` for the folder layout.
 """
@@ -29,6 +32,7 @@ FORMAT = 'musiclm_jax.bundle/1'
 MANIFEST = 'manifest.json'
 STAGE_NAMES = ('semantic', 'coarse', 'fine')
 DEFAULT_SEMANTIC_FRAME_RATE = 25.0
+MELODY_DIR = 'melody'  # a `MelodyEmbedder.save` folder (optional)
 
 
 class BundleError(ValueError):
@@ -129,8 +133,13 @@ def codec_from_json(d: Mapping[str, Any], where: str):
 def check_compatible(stages: Mapping[str, Any], *, codec_levels: int, codec_codebook_size: int,
                      codec_frame_rate: float, semantic_frame_rate: float,
                      mulan_levels: int | None = None, mulan_codebook_size: int | None = None,
-                     semantic_clusters: int | None = None) -> None:
-  """Raises BundleError (one line) when the components do not fit together."""
+                     semantic_clusters: int | None = None, melody_levels: int | None = None,
+                     melody_codebook_size: int | None = None) -> None:
+  """Raises BundleError (one line) when the components do not fit together.
+
+  `melody_levels`/`melody_codebook_size` describe the bundled melody embedder's RVQ (None:
+  no melody embedder); a stage that conditions on melody tokens must fit it.
+  """
   missing = [n for n in STAGE_NAMES if n not in stages]
   if missing:
     raise BundleError(f'stages: missing {missing} (need {list(STAGE_NAMES)})')
@@ -182,6 +191,16 @@ def check_compatible(stages: Mapping[str, Any], *, codec_levels: int, codec_code
     need(semantic_clusters <= sem.target.codebook_size,
          f'semantic tokenizer: {semantic_clusters} clusters > the semantic stage codebook '
          f'{sem.target.codebook_size}')
+  for layout in (sem, coarse):
+    if melody_levels is None or 'melody' not in [f.name for f in layout.conditioning]:
+      continue
+    mf = layout.field('melody')
+    need(mf.num_levels <= melody_levels,
+         f'{layout.name} stage: needs {mf.num_levels} melody levels, the melody RVQ has '
+         f'{melody_levels}')
+    need(melody_codebook_size <= mf.codebook_size,
+         f'{layout.name} stage: melody codebook {mf.codebook_size} < the melody RVQ codebook '
+         f'{melody_codebook_size}')
 
 
 
@@ -200,10 +219,17 @@ class Bundle:
   stages: dict[str, Any]
   stage_params: dict[str, Any]
   semantic_frame_rate: float
+  melody: Any = None
 
   @property
   def sample_rate(self) -> int:
     return int(self.codec.sample_rate)
+
+  @property
+  def has_melody(self) -> bool:
+    """A melody embedder and a semantic stage that conditions on its tokens."""
+    layout = self.stages['semantic'].layout
+    return self.melody is not None and 'melody' in [f.name for f in layout.conditioning]
 
   @property
   def acoustic_frame_rate(self) -> float:
@@ -296,15 +322,31 @@ def load_bundle(path: str, *, verify: bool = True, reuse: bool = False,
       mulan = inference.MuLan.load(os.path.join(path, 'mulan'))
     except (FileNotFoundError, ValueError, KeyError) as e:
       raise BundleError(f'{os.path.join(path, "mulan")}: {str(e).splitlines()[0]}') from None
+  melody = None
+  if 'melody' in manifest.get('components', {}):
+    from musiclm_jax.melody import inference as melody_lib  # pylint: disable=g-import-not-at-top
+    folder = os.path.join(path, MELODY_DIR)
+    try:
+      melody = melody_lib.MelodyEmbedder.load(folder)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+      raise BundleError(f'{folder}: {str(e).splitlines()[0]}') from None
+    if melody.codebooks is None:
+      raise BundleError(f'{folder}: the melody embedder has no RVQ codebooks')
+    if melody.sample_rate != codec.sample_rate:
+      raise BundleError(f'{folder}: the melody embedder expects {melody.sample_rate} Hz audio, '
+                        f'the codec {codec.sample_rate} Hz')
   rate = float(manifest.get('pipeline', {}).get('semantic_frame_rate',
                                                 DEFAULT_SEMANTIC_FRAME_RATE))
   check_compatible(stages, codec_levels=codec.num_codebooks,
                    codec_codebook_size=codec.codebook_size, codec_frame_rate=codec.frame_rate,
                    semantic_frame_rate=rate,
                    mulan_levels=mulan.num_codebooks if mulan else None,
-                   mulan_codebook_size=mulan.cardinality if mulan else None)
+                   mulan_codebook_size=mulan.cardinality if mulan else None,
+                   melody_levels=melody.num_codebooks if melody else None,
+                   melody_codebook_size=melody.cardinality if melody else None)
   bundle = Bundle(path=path, manifest=manifest, sha256=sha, codec=codec, mulan=mulan,
-                  stages=stages, stage_params=stage_params, semantic_frame_rate=rate)
+                  stages=stages, stage_params=stage_params, semantic_frame_rate=rate,
+                  melody=melody)
   if reuse:
     _LOADED[(path, sha, with_mulan)] = bundle
   return bundle

@@ -1,4 +1,5 @@
-"""Sample outputs: `<id>.wav`, `<id>.png` (log-mel), `manifest.json` and an `index.html` gallery.
+"""Sample outputs: `<id>.wav`, `<id>.png` (log-mel), `manifest.json` and an `index.html` gallery
+(+ `<id>_melody.wav`, the input melody, for melody-conditioned samples).
 
 Every file is written atomically (temp file in the same folder, then `os.replace`), so an
 interrupted run leaves whole files only; the manifest and the gallery are rewritten after each
@@ -100,7 +101,7 @@ def render_index(manifest: Mapping[str, Any]) -> str:
   """The gallery page: one card per sample (audio player, spectrogram, prompt, story)."""
   from musiclm_jax.sampling.story import format_time  # pylint: disable=g-import-not-at-top
   settings = manifest.get('settings', {})
-  cards = []
+  cards, any_melody = [], False
   for s in manifest.get('samples', []):
     story = ''
     if s.get('story'):
@@ -109,9 +110,18 @@ def render_index(manifest: Mapping[str, Any]) -> str:
                       for seg in s['story'])
       story = f'<ol class="story">{items}</ol>'
     prompt = f'<p class="prompt">{_e(s["prompt"])}</p>' if s.get('prompt') else ''
+    player = f'<audio controls preload="none" src="{_e(s["wav"])}"></audio>'
+    melody = s.get('melody')
+    if isinstance(melody, Mapping) and melody.get('wav'):
+      any_melody = True
+      name = os.path.basename(str(melody.get('path', '')))
+      player = (
+          '<div class="pair"><div><p class="label">output</p>' + player + '</div>'
+          f'<div><p class="label">input melody: {_e(name)} '
+          f'({float(melody.get("duration", 0.0)):.1f} s)</p>'
+          f'<audio controls preload="none" src="{_e(melody["wav"])}"></audio></div></div>')
     cards.append(
-        f'<div class="card"><h2>{_e(s["id"])}</h2>{prompt}{story}'
-        f'<audio controls preload="none" src="{_e(s["wav"])}"></audio>'
+        f'<div class="card"><h2>{_e(s["id"])}</h2>{prompt}{story}{player}'
         f'<img alt="log-mel spectrogram of {_e(s["id"])}" src="{_e(s["png"])}">'
         f'<p class="meta">{float(s["duration"]):.1f} s, seed {_e(s["seed"])}</p></div>')
   skipped = ''
@@ -127,6 +137,8 @@ def render_index(manifest: Mapping[str, Any]) -> str:
       '.card{border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0}'
       '.card img{width:100%;margin-top:.5em}.card audio{width:100%}'
       '.prompt{font-size:1.1em}.meta,.t{color:#666}.skipped{color:#a00}'
+      + ('.pair{display:flex;gap:1em}.pair>div{flex:1}.label{color:#666;margin:.2em 0}'
+         if any_melody else '') +
       '</style></head><body>'
       f'<h1>musiclm_jax samples</h1><p class="meta">bundle {_e(bundle.get("path", ""))} '
       f'(sha256 {_e(str(bundle.get("sha256", ""))[:12])}); temperatures '

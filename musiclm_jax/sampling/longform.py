@@ -12,7 +12,9 @@ target lengths, so tiny models use tiny windows and paper models the paper's:
             they do not overlap (`fine_keep` 0: every fine window sees all of its coarse frames).
 
 Story mode: each window's MuLan tokens are those of the segment active at the middle of the
-span it generates (`conditioning_time`). A window that would run past the requested length
+span it generates (`conditioning_time`). Melody: a stage whose layout conditions on melody
+tokens gets, for each window, the melody windows (4 s every 3 s) that start at the window's
+first frame (`Pipeline.melody_at`), as the training crops pair them. A window that would run past the requested length
 generates only up to it (the decode loop takes its length as a traced scalar), so neither the
 compiled program nor the KV cache depends on the duration.
 """

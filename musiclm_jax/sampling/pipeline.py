@@ -1,13 +1,22 @@
-"""Text -> MuLan tokens -> semantic -> coarse -> fine -> SoundStream decode -> waveform.
+"""Text (+ melody) -> MuLan (+ melody) tokens -> semantic -> coarse -> fine -> codec -> waveform.
 
   pipe = Pipeline(load_bundle(path), settings=PAPER_SETTINGS)
   results = pipe.generate([Request('a', plain_story('calm piano', 10.0), 10.0, seed=0)])
+  results = pipe.generate([Request('b', plain_story('a guitar riff', 8.0), 8.0,
+                                   melody=hum_24khz)])   # a bundle with melody (has_melody)
 
 Requests with the same length share batches (rows padded to a power of two so only a few batch
 shapes ever compile); each stage runs its sliding windows (`longform`) with one compiled decoder.
 Every row has its own PRNG key (seed, request id), so a request's audio does not depend on the
 other requests of the run. Timings per stage are wall seconds of the batch without the stage's
 compile time (reported apart); the codec's include its compile on first use.
+
+Melody: a request may carry a waveform (float32 [N] at the bundle's sample rate). Every window
+of a stage whose layout has a 'melody' field is conditioned on the melody tokens of its own time
+span: M windows of 4 s every 3 s starting at the window's first frame (the span the training
+crops pair with their melody windows), embedded from the melody audio (zero-padded past its
+end); windows that start after the melody ends, and every window of a request without a
+melody, get -1 (PAD: the dropped melody the stage was trained with).
 """
 
 import dataclasses
@@ -37,12 +46,14 @@ class Request:
     duration: seconds.
     seed: base seed; the row key is derived from (seed, id).
     prompt: the plain prompt text (None in story mode).
+    melody: float32 [samples] at the bundle's sample rate, or None (no melody conditioning).
   """
   id: str
   segments: list[story_lib.StorySegment]
   duration: float
   seed: int = 0
   prompt: str | None = None
+  melody: np.ndarray | None = None
 
 
 def plain_story(prompt: str, duration: float) -> list[story_lib.StorySegment]:
@@ -110,6 +121,14 @@ class Pipeline:
     self.codec_window = max(1, int(round(codec_window_seconds * self.acoustic_rate)))
     self.codec_context = max(0, int(round(codec_context_seconds * self.acoustic_rate)))
     self._mulan_cache: dict[str, np.ndarray] = {}
+    self.melody = getattr(bundle, 'melody', None)  # MelodyEmbedder or None
+    self.melody_stages = [s for s in STAGES
+                          if 'melody' in [f.name for f in self.layouts[s].conditioning]]
+
+  @property
+  def has_melody(self) -> bool:
+    """Whether requests may carry a melody (an embedder and a stage that conditions on it)."""
+    return self.melody is not None and bool(self.melody_stages)
 
   # -- sizes ---------------------------------------------------------------------------------
 
@@ -151,6 +170,13 @@ class Pipeline:
     story_lib.validate(request.segments, max_duration=longform.MAX_DURATION_SECONDS)
     for seg in request.segments:
       self.mulan_tokens([seg.text])
+    if request.melody is not None:
+      if not self.has_melody:
+        raise ValueError('this bundle has no melody model (export it with --melody and a '
+                         'semantic stage conditioned on melody tokens)')
+      wav = np.asarray(request.melody)
+      if wav.ndim != 1 or not wav.size or not np.all(np.isfinite(wav)):
+        raise ValueError(f'melody: expected finite mono audio [samples], got shape {wav.shape}')
 
   def _mulan_at(self, requests: Sequence[Request], seconds: float) -> np.ndarray:
     rows = []
@@ -158,6 +184,41 @@ class Pipeline:
       seg = r.segments[story_lib.segment_at(r.segments, seconds)]
       rows.append(self.mulan_tokens([seg.text])[seg.text])
     return np.stack(rows)  # [batch, levels]
+
+  def melody_at(self, requests: Sequence[Request], seconds: float, num_windows: int,
+                levels: int) -> np.ndarray:
+    """int32 [batch, num_windows, levels]: the melody tokens of windows every hop from
+    `seconds` (-1 for rows without a melody and for windows starting after its end)."""
+    config = self.melody.config
+    window, hop = config.window_samples, config.hop_samples
+    span = (num_windows - 1) * hop + window
+    start = int(round(seconds * self.melody.sample_rate))
+    out = np.full((len(requests), num_windows, levels), -1, np.int32)
+    audio = np.zeros((len(requests), span), np.float32)  # one shape: one compiled embedder
+    rows = [i for i, r in enumerate(requests) if r.melody is not None and start < len(r.melody)]
+    if not rows:
+      return out
+    for i in rows:
+      piece = np.asarray(requests[i].melody, np.float32)[start:start + span]
+      audio[i, :len(piece)] = piece
+    codes = np.asarray(self.melody.tokens(audio)).reshape(len(requests), num_windows, -1)
+    for i in rows:
+      whole = [j for j in range(num_windows) if start + j * hop < len(requests[i].melody)]
+      out[i, whole] = codes[i, whole, :levels]
+    return out
+
+  def _conditioning(self, stage: str, requests: Sequence[Request], window: longform.Window,
+                    rate: float) -> dict[str, np.ndarray]:
+    """MuLan tokens of the window's story segment (+ melody tokens of its span)."""
+    fields = {'mulan': self._mulan_at(requests, longform.conditioning_time(window, rate))}
+    if stage in self.melody_stages:
+      f = self.layouts[stage].field('melody')
+      if self.melody is None:
+        fields['melody'] = np.full((len(requests), f.num_frames, f.num_levels), -1, np.int32)
+      else:
+        fields['melody'] = self.melody_at(requests, window.start / rate, f.num_frames,
+                                          f.num_levels)
+    return fields
 
   # -- generation ----------------------------------------------------------------------------
 
@@ -223,14 +284,13 @@ class Pipeline:
 
     semantic = timed('semantic', lambda: longform.run_stage(
         self.decoders['semantic'], total_frames=frames['semantic'], keep=self.keep['semantic'],
-        conditioning=lambda w: {'mulan': self._mulan_at(
-            padded, longform.conditioning_time(w, self.semantic_rate))},
+        conditioning=lambda w: self._conditioning('semantic', padded, w, self.semantic_rate),
         keys=keys, stage_index=0, on_window=progress('semantic')))  # [rows, S, 1]
     sem_window = self.layouts['coarse'].field('semantic').num_frames
     coarse = timed('coarse', lambda: longform.run_stage(
         self.decoders['coarse'], total_frames=frames['coarse'], keep=self.keep['coarse'],
         conditioning=lambda w: {
-            'mulan': self._mulan_at(padded, longform.conditioning_time(w, self.acoustic_rate)),
+            **self._conditioning('coarse', padded, w, self.acoustic_rate),
             'semantic': longform.slice_frames(semantic, w.start // self.ratio, sem_window)},
         keys=keys, stage_index=1, on_window=progress('coarse')))  # [rows, A, 4]
     fine_window = self.layouts['fine'].field('coarse').num_frames
