@@ -11,13 +11,14 @@ import html
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from musiclm_jax import audio as audio_lib
+from musiclm_jax import files
+from musiclm_jax.files import atomic_write_bytes  # re-exported: gallery.atomic_write_bytes
 
 _ID_CHARS = re.compile(r'[^A-Za-z0-9_.-]+')
 SPECTROGRAM = audio_lib.MelConfig(sample_rate=24000, n_fft=1024, hop_length=240, n_mels=128)
@@ -27,21 +28,6 @@ def safe_id(text: str, fallback: str) -> str:
   """A file-name-safe id: letters, digits, '_', '.', '-' (at most 80 chars, no leading dot)."""
   clean = re.sub(r'_{2,}', '_', _ID_CHARS.sub('_', str(text))).strip('._-')[:80]
   return clean or fallback
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -79,18 +65,7 @@ def write_spectrogram(path: str, wav: np.ndarray, sample_rate: int) -> None:
   ax.set_xlabel('seconds')
   ax.set_ylabel('mel band')
   fig.tight_layout()
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.png')
-  os.close(fd)
-  try:
-    fig.savefig(tmp, format='png')
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write(path, lambda f: fig.savefig(f, format='png'))
 
 
 def _e(value: Any) -> str:
