@@ -7,6 +7,7 @@ Paths go through etils.epath, so `gs://bucket/run` works like a local folder.
 
 from collections.abc import Sequence
 import logging
+import os
 from typing import Any
 
 from etils import epath
@@ -93,6 +94,9 @@ def load_params(model_dir: str | epath.PathLike, *, step: int | None = None
   Returns:
     (params by group, model_state, meta) as host numpy arrays.
   """
+  model_dir = str(model_dir)
+  if '://' not in model_dir:  # orbax refuses relative local paths
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
   directory = epath.Path(model_dir) / 'checkpoints'
   if not directory.exists():
     raise CheckpointError(f'{directory}: no checkpoints folder (is {model_dir} a training run?)')

@@ -151,6 +151,13 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   assert 'unreadable' in caplog.text
   params, _, meta = checkpoints.load_params(tmp_path)
   assert meta['step'] == 4 and 'wi' in params['model']
+  cwd = os.getcwd()
+  try:  # a relative run folder (orbax itself refuses relative paths)
+    os.chdir(tmp_path.parent)
+    _, _, meta = checkpoints.load_params(tmp_path.name)
+    assert meta['step'] == 4
+  finally:
+    os.chdir(cwd)
   shutil.rmtree(tmp_path / 'checkpoints' / '4')
   shutil.rmtree(tmp_path / 'checkpoints' / '2')
   with pytest.raises(checkpoints.CheckpointError, match='none of the checkpoints'):
