@@ -15,14 +15,26 @@ T = N // 960 (the log-mel's extra centred frame and any remainder are dropped), 
 Choices where the paper leaves room:
   * Front end: `log_mel` here equals `musiclm_jax.audio.log_mel` but computes the DFT as a
     matmul (it shards along the batch; see its docstring), then every frame is standardised
-    over its mel bins (loudness-invariant; no statistics over time).
+    over its mel bins (loudness-invariant; `input_norm='frame'`, no statistics over time).
+    `input_norm='frame_utterance'` then also removes the utterance's mean frame (its steady
+    spectral envelope, i.e. mostly timbre) and rescales to unit variance, as utterance CMVN.
   * The quantizer is wav2vec 2.0's Gumbel-softmax quantizer with one codebook of
     `codebook_size` entries (hard straight-through one-hot in training, argmax at inference);
-    the diversity loss is 1 - perplexity(mean softmax) / codebook_size. The MLM targets are
-    the noise-free argmax codes (Gumbel noise at temperature 2 would make them unpredictable).
+    the diversity loss is 1 - perplexity(mean softmax) / codebook_size. Its logit projection is
+    initialised N(0, 1) as in wav2vec 2.0 (fairseq), so the logits of the layer-normed features
+    start with std ~sqrt(embed_dim) and the hard Gumbel sample is mostly the argmax. (With a
+    1/sqrt(fan_in) init the logits start at std ~1: the hard sample -- drawn from softmax(logits)
+    whatever the temperature -- was a random code for ~96% of frames, and the diversity loss is
+    then minimised by flattening every frame's softmax, so the contrastive targets stayed noise
+    and the contrastive accuracy at chance.) The MLM targets are the noise-free argmax codes.
   * Contrastive negatives are all other masked frames of the same utterance (a full softmax over
     masked positions instead of K sampled distractors): deterministic and shape-static.
-    Negatives with the positive's code are kept, so collapsing the codebook never pays.
+    Negatives with the positive's code are kept, so collapsing the codebook never pays
+    (excluding them, as fairseq does, let the tiny model collapse to one code per utterance,
+    contrastive loss 0). Identical quantized vectors cannot be told apart, so
+    `contrastive_accuracy` counts a masked frame as right when the best-scoring candidate has
+    the positive's code; `contrastive_chance` is that accuracy for a random pick (the mean share
+    of masked frames with the positive's code).
   * Spans: each of T + span - 1 candidate starts (including starts before frame 0) is drawn with
     probability `mask_prob`, so every frame is masked with probability 1 - (1 - p)^span
     (`expected_mask_fraction`), 0.49 for the paper's p = 0.065, span = 10.
@@ -39,9 +51,8 @@ import jax.numpy as jnp
 from musiclm_jax import audio as audio_lib
 from musiclm_jax.layers import conformer
 
-import os
-QINIT = float(os.environ.get('QINIT', '1.0'))
 SUBSAMPLING = 4  # two stride-2 convolutions in time
+INPUT_NORMS = ('frame', 'frame_utterance')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +88,7 @@ class W2VBertConfig:
   diversity_weight: float = 0.1
   mlm_weight: float = 1.0
   token_layer: int = 7
+  input_norm: str = 'frame'
   dtype: str = 'float32'
   attention_implementation: str | None = None
 
@@ -87,6 +99,8 @@ class W2VBertConfig:
     if not 0 <= self.token_layer <= self.num_mlm_layers:
       raise ValueError(f'W2VBertConfig.token_layer {self.token_layer} outside '
                        f'[0, num_mlm_layers={self.num_mlm_layers}]')
+    if self.input_norm not in INPUT_NORMS:
+      raise ValueError(f'W2VBertConfig.input_norm {self.input_norm!r} not in {INPUT_NORMS}')
     if self.n_mels % SUBSAMPLING:
       raise ValueError(f'W2VBertConfig.n_mels {self.n_mels} must be divisible by {SUBSAMPLING}')
 
@@ -186,7 +200,12 @@ class FeatureEncoder(nn.Module):
     # time (a fixed affine left the quantizer's codes collapsed at init on music-like input).
     mean = jnp.mean(mel, axis=-1, keepdims=True)
     std = jnp.std(mel, axis=-1, keepdims=True)
-    x = ((mel - mean) / (std + 1e-3))[..., None]  # [B, 4T, n_mels, 1]
+    x = (mel - mean) / (std + 1e-3)  # [B, 4T, n_mels]
+    if cfg.input_norm == 'frame_utterance':
+      # Minus the utterance's mean frame (steady envelope), then unit variance per utterance.
+      x = x - jnp.mean(x, axis=1, keepdims=True)
+      x = x / (jnp.std(x, axis=(1, 2), keepdims=True) + 1e-3)
+    x = x[..., None]  # [B, 4T, n_mels, 1]
     for i in range(2):
       x = nn.Conv(cfg.subsampling_channels, kernel_size=(3, 3), strides=(2, 2), padding='SAME',
                   dtype=dtype, name=f'conv_{i}',
@@ -221,13 +240,17 @@ class GumbelQuantizer(nn.Module):
       rng: key for Gumbel noise; None for the deterministic argmax.
 
     Returns:
-      (quantized [B, T, codebook_dim], ids int32 [B, T], diversity loss scalar). `ids` is the
-      noise-free argmax code (the MLM target); `quantized` uses the Gumbel sample in training.
+      (quantized [B, T, codebook_dim], ids int32 [B, T], sampled int32 [B, T], diversity loss
+      scalar). `ids` is the noise-free argmax code (the MLM target); `quantized` is the code
+      `sampled` (the Gumbel sample in training, else `ids`).
     """
     cfg = self.config
+    # N(0, 1) kernel as wav2vec 2.0: peaked logits, so the Gumbel sample is mostly the argmax
+    # (see the module docstring).
     logits = nn.Dense(
         cfg.codebook_size, dtype=jnp.dtype(cfg.dtype), name='logits',
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(QINIT), ('embed', 'codebook')),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                 ('embed', 'codebook')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('codebook',)))(
             x).astype(jnp.float32)  # [B, T, V]
     codebook = self.param('codebook', nn.with_logical_partitioning(
@@ -235,17 +258,19 @@ class GumbelQuantizer(nn.Module):
                           (cfg.codebook_size, cfg.codebook_dim))  # [V, D]
     ids = jnp.argmax(logits, axis=-1)  # [B, T]
     if rng is None:
+      sampled = ids
       onehot = jax.nn.one_hot(ids, cfg.codebook_size, dtype=jnp.float32)
     else:
       gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
       soft = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
-      hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), cfg.codebook_size, dtype=jnp.float32)
+      sampled = jnp.argmax(soft, axis=-1)  # [B, T]
+      hard = jax.nn.one_hot(sampled, cfg.codebook_size, dtype=jnp.float32)
       onehot = hard + soft - jax.lax.stop_gradient(soft)  # straight-through
     quantized = jnp.einsum('btv,vd->btd', onehot, codebook.astype(jnp.float32))
     mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=(0, 1))  # [V]
     perplexity = jnp.exp(-jnp.sum(mean_probs * jnp.log(mean_probs + 1e-7)))
     diversity = (cfg.codebook_size - perplexity) / cfg.codebook_size
-    return quantized, ids.astype(jnp.int32), diversity
+    return quantized, ids.astype(jnp.int32), sampled.astype(jnp.int32), diversity
 
 
 class W2VBert(nn.Module):
@@ -319,8 +344,8 @@ class W2VBert(nn.Module):
     cfg = self.config
     features = self.features(wav, deterministic=deterministic)  # [B, T, E]
     batch, length, _ = features.shape
-    quantized, ids, diversity = self.quantizer(features, temperature=temperature,
-                                               rng=gumbel_rng)  # [B, T, D], [B, T]
+    quantized, ids, sampled, diversity = self.quantizer(
+        features, temperature=temperature, rng=gumbel_rng)  # [B, T, D], [B, T], [B, T]
     mask = span_mask(mask_rng, (batch, length), mask_prob=cfg.mask_prob,
                      mask_span=cfg.mask_span)  # [B, T]
     x = jnp.where(mask[..., None], self.mask_embedding.astype(features.dtype), features)
@@ -339,7 +364,13 @@ class W2VBert(nn.Module):
     log_probs = jax.nn.log_softmax(sim, axis=-1)
     positive = jnp.diagonal(log_probs, axis1=1, axis2=2)  # [B, T]
     contrastive = -jnp.sum(positive * maskf) / num_masked
-    contrastive_acc = jnp.sum((jnp.argmax(sim, axis=-1) == jnp.arange(length)) * maskf) / num_masked
+    # Right when the best candidate carries the positive's code (identical vectors tie).
+    best = jnp.argmax(sim, axis=-1)  # [B, T]
+    contrastive_acc = jnp.sum(
+        (jnp.take_along_axis(sampled, best, axis=1) == sampled) * maskf) / num_masked
+    same_code = (sampled[:, :, None] == sampled[:, None, :]) & mask[:, None, :]  # [B, T, T]
+    share = jnp.sum(same_code, axis=-1) / jnp.maximum(jnp.sum(maskf, axis=-1, keepdims=True), 1.0)
+    contrastive_chance = jnp.sum(share * maskf) / num_masked
     # MLM: predict the (stop-gradient) target ids at masked frames.
     logits = self.mlm_head(mlm_out).astype(jnp.float32)  # [B, T, V]
     targets = jax.lax.stop_gradient(ids)
@@ -349,11 +380,14 @@ class W2VBert(nn.Module):
 
     loss = (cfg.contrastive_weight * (contrastive + cfg.diversity_weight * diversity)
             + cfg.mlm_weight * mlm)
-    used = jnp.zeros((cfg.codebook_size,), jnp.float32).at[ids.reshape(-1)].max(1.0)
+    used = jnp.zeros((batch, cfg.codebook_size), jnp.float32).at[
+        jnp.arange(batch)[:, None], ids].max(1.0)  # [B, V]
     metrics = {
         'loss': loss, 'contrastive_loss': contrastive, 'diversity_loss': diversity,
         'mlm_loss': mlm, 'mlm_accuracy': mlm_acc, 'contrastive_accuracy': contrastive_acc,
-        'mask_fraction': jnp.mean(maskf), 'codes_used': jnp.sum(used),
+        'contrastive_chance': contrastive_chance, 'mask_fraction': jnp.mean(maskf),
+        'codes_used': jnp.sum(jnp.max(used, axis=0)),
+        'codes_per_utterance': jnp.mean(jnp.sum(used, axis=1)),
         'gumbel_temperature': jnp.asarray(temperature, jnp.float32),
     }
     return loss, metrics
