@@ -143,7 +143,6 @@ def model_config_text(text: str, keep: Sequence[str] = _MODEL_PACKAGES) -> str:
 
 def read_run(run_dir: str) -> tuple[Any, dict[str, Any], Any, str]:
   """(MODEL rebuilt from run_dir/config.gin, params by group, model_state, config text)."""
-  import importlib.util  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
   import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   path = os.path.join(run_dir, 'config.gin')

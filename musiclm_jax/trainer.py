@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import signal
 import threading
-import time
 from typing import Any
 
 import flax.linen as nn

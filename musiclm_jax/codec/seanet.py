@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from musiclm_jax.layers.conv import Conv1d, ConvTranspose1d
 
