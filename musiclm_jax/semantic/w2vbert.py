@@ -175,6 +175,25 @@ def span_mask(rng: jax.Array, shape: tuple[int, int], *, mask_prob: float,
   return covered > 0
 
 
+def normalize_log_mel(mel: jax.Array, input_norm: str = 'frame') -> jax.Array:
+  """The feature encoder's input normalisation of a log-mel [B, F, n_mels].
+
+  'frame': every frame standardised over its mel bins (loudness-invariant, no statistics over
+  time; a fixed affine left the quantizer's codes collapsed at init on music-like input).
+  'frame_utterance': then minus the utterance's mean frame (its steady spectral envelope) and
+  divided by the utterance's standard deviation.
+  """
+  mean = jnp.mean(mel, axis=-1, keepdims=True)
+  std = jnp.std(mel, axis=-1, keepdims=True)
+  x = (mel - mean) / (std + 1e-3)  # [B, F, n_mels]
+  if input_norm == 'frame_utterance':
+    x = x - jnp.mean(x, axis=1, keepdims=True)
+    x = x / (jnp.std(x, axis=(1, 2), keepdims=True) + 1e-3)
+  elif input_norm != 'frame':
+    raise ValueError(f'normalize_log_mel: input_norm {input_norm!r} not in {INPUT_NORMS}')
+  return x
+
+
 def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
            dtype: Any = jnp.float32, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, use_bias=use_bias, name=name,
@@ -184,7 +203,7 @@ def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
 
 
 class FeatureEncoder(nn.Module):
-  """Log-mel [B, 4T, n_mels] -> per-frame standardisation -> two 3x3 stride-2 conv2d (swish)
+  """Log-mel [B, 4T, n_mels] -> `normalize_log_mel` -> two 3x3 stride-2 conv2d (swish)
   -> Dense -> LayerNorm: [B, T, embed].
 
   Attributes:
@@ -196,16 +215,7 @@ class FeatureEncoder(nn.Module):
   def __call__(self, mel: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    # Per-frame standardisation over mel bins: loudness-invariant and with no statistics over
-    # time (a fixed affine left the quantizer's codes collapsed at init on music-like input).
-    mean = jnp.mean(mel, axis=-1, keepdims=True)
-    std = jnp.std(mel, axis=-1, keepdims=True)
-    x = (mel - mean) / (std + 1e-3)  # [B, 4T, n_mels]
-    if cfg.input_norm == 'frame_utterance':
-      # Minus the utterance's mean frame (steady envelope), then unit variance per utterance.
-      x = x - jnp.mean(x, axis=1, keepdims=True)
-      x = x / (jnp.std(x, axis=(1, 2), keepdims=True) + 1e-3)
-    x = x[..., None]  # [B, 4T, n_mels, 1]
+    x = normalize_log_mel(mel, cfg.input_norm)[..., None]  # [B, 4T, n_mels, 1]
     for i in range(2):
       x = nn.Conv(cfg.subsampling_channels, kernel_size=(3, 3), strides=(2, 2), padding='SAME',
                   dtype=dtype, name=f'conv_{i}',
@@ -245,8 +255,7 @@ class GumbelQuantizer(nn.Module):
       `sampled` (the Gumbel sample in training, else `ids`).
     """
     cfg = self.config
-    # N(0, 1) kernel as wav2vec 2.0: peaked logits, so the Gumbel sample is mostly the argmax
-    # (see the module docstring).
+    # N(0, 1) kernel as wav2vec 2.0 (see the module docstring).
     logits = nn.Dense(
         cfg.codebook_size, dtype=jnp.dtype(cfg.dtype), name='logits',
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
