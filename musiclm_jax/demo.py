@@ -64,7 +64,7 @@ def plan(work: Path, out: Path) -> list[Step]:
            str(work / 'codec' / 'DONE'), 'musiclm_jax.codec.model',
            ('gin/runs/codec_tiny.gin',)),
       Step('train the tiny w2v-BERT',
-           _train('gin/runs/semantic_tiny.gin', work / 'semantic', '--gin.TRAIN_STEPS=250'),
+           _train('gin/runs/semantic_tiny.gin', work / 'semantic', '--gin.TRAIN_STEPS=600'),
            str(work / 'semantic' / 'DONE'), 'musiclm_jax.semantic.model',
            ('gin/runs/semantic_tiny.gin',)),
       Step('fit the semantic k-means',
