@@ -108,6 +108,41 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     gin_logger.setLevel(level)
 
 
+def model_from_run(model_dir: str, gin_files: Sequence[str] | None, cls: type) -> Any:
+  """Rebuilds a run's `MODEL` macro: from `gin_files` if given, else MODEL_DIR/config.gin.
+
+  The gin config is cleared before and after, so the caller's bindings never leak in or out.
+
+  Args:
+    model_dir: training run folder (its config.gin is the one `train` wrote).
+    gin_files: model/run gin files to parse instead, when config.gin cannot be used.
+    cls: the model class MODEL must be an instance of (e.g. `MelodyModel`).
+
+  Returns:
+    The MODEL object.
+
+  Raises:
+    FileNotFoundError: no `gin_files` and the run has no config.gin.
+    ValueError: MODEL is not a `cls`.
+  """
+  gin.clear_config()
+  try:
+    if gin_files:
+      parse_gin(list(gin_files), [])
+    else:
+      path = os.path.join(model_dir, 'config.gin')
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: the run has no config.gin; pass --gin_file')
+      with open(path) as f:
+        gin.parse_config(f.read())
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  if not isinstance(model, cls):
+    raise ValueError(f'MODEL is a {type(model).__name__}, not a {cls.__name__}')
+  return model
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """Separates `--gin.NAME=VALUE` overrides from the other flags."""
   bindings, rest = [], []

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from musiclm_jax.codec import evaluate as ev
+from musiclm_jax.codec import metrics
+from musiclm_jax.codec import opus
 
 SR = 24000
 needs_opus = pytest.mark.skipif(shutil.which('opusenc') is None or shutil.which('opusdec') is None,
@@ -31,16 +33,16 @@ def _notes(seconds: float, seed: int = 0) -> np.ndarray:
 def test_si_snr_hand_values():
   t = np.arange(2400) / SR
   x = np.sin(2 * np.pi * 100 * t)  # 10 whole periods: cos is orthogonal and zero-mean
-  assert ev.si_snr(x, x) > 80
+  assert metrics.si_snr(x, x) > 80
   # Error orthogonal to x with 1/100 of its energy: exactly 20 dB, at any scale of the estimate.
   y = x + 0.1 * np.cos(2 * np.pi * 100 * t)
-  np.testing.assert_allclose(ev.si_snr(x, y), 20.0, atol=1e-6)
-  np.testing.assert_allclose(ev.si_snr(x, -3.0 * y), 20.0, atol=1e-6)
-  np.testing.assert_allclose(ev.si_snr(x, y + 0.5), 20.0, atol=1e-6)  # DC offset removed
+  np.testing.assert_allclose(metrics.si_snr(x, y), 20.0, atol=1e-6)
+  np.testing.assert_allclose(metrics.si_snr(x, -3.0 * y), 20.0, atol=1e-6)
+  np.testing.assert_allclose(metrics.si_snr(x, y + 0.5), 20.0, atol=1e-6)  # DC offset removed
   noise = np.random.default_rng(0).standard_normal(x.shape)
-  assert ev.si_snr(x, noise) < -15  # ~ -10 log10(N) for independent noise
-  assert np.isnan(ev.si_snr(x, np.zeros_like(x)))  # undefined for silence
-  batch = ev.si_snr(np.stack([x, x]), np.stack([y, noise]))
+  assert metrics.si_snr(x, noise) < -15  # ~ -10 log10(N) for independent noise
+  assert np.isnan(metrics.si_snr(x, np.zeros_like(x)))  # undefined for silence
+  batch = metrics.si_snr(np.stack([x, x]), np.stack([y, noise]))
   assert batch.shape == (2,) and batch[0] > batch[1]
 
 
@@ -49,10 +51,10 @@ def test_music_similarity_pitch_and_rhythm():
   shifted = np.roll(x[0], SR // 4)  # same notes a quarter second late
   other = _notes(2.0, seed=5)  # other pitches, same rhythm
   y = np.stack([0.5 * x[0], np.zeros_like(x[0])])
-  chroma, onset = ev.music_similarity(x, y, SR)
+  chroma, onset = metrics.music_similarity(x, y, SR)
   np.testing.assert_allclose(chroma, [1.0, 0.0], atol=1e-4)
   assert onset[0] == pytest.approx(1.0, abs=0.01) and np.isnan(onset[1])  # log floor: ~1
-  chroma, onset = ev.music_similarity(x, np.stack([shifted, other]), SR)
+  chroma, onset = metrics.music_similarity(x, np.stack([shifted, other]), SR)
   assert chroma.max() < 0.9 and onset[0] < 0.5  # late notes: wrong pitch and rhythm per frame
   assert onset[1] > 0.9  # same onsets, other pitches
 
@@ -61,14 +63,14 @@ def test_harmonic_share():
   t = np.arange(SR) / SR
   buzz = sum(np.sin(2 * np.pi * 50 * k * t) for k in range(3, 40))
   noise = np.random.default_rng(0).standard_normal(SR)
-  share = ev.harmonic_share(np.stack([buzz, noise, _notes(1.0)]), SR, 50.0)
+  share = metrics.harmonic_share(np.stack([buzz, noise, _notes(1.0)]), SR, 50.0)
   assert share[0] > 0.99 and share[1] < 0.1 and share[2] < 0.3
-  assert np.isnan(ev.harmonic_share(np.zeros((1, SR)), SR, 50.0)[0])
+  assert np.isnan(metrics.harmonic_share(np.zeros((1, SR)), SR, 50.0)[0])
 
 
 def test_codebook_usage():
   codes = np.array([[0, 1], [1, 1], [2, 1], [3, 1]])
-  usage = ev.codebook_usage(codes, codebook_size=8)
+  usage = metrics.codebook_usage(codes, codebook_size=8)
   assert usage[0] == {'level': 1, 'perplexity': pytest.approx(4.0), 'used_codes': 4,
                       'dead_codes': 4}
   assert usage[1]['perplexity'] == pytest.approx(1.0) and usage[1]['dead_codes'] == 7
@@ -77,19 +79,19 @@ def test_codebook_usage():
 @needs_opus
 def test_opus_round_trip_is_aligned_and_measures_bitrate():
   x = _notes(2.0)
-  y, info = ev.opus_roundtrip(x, sample_rate=SR, kbps=6)
+  y, info = opus.opus_roundtrip(x, sample_rate=SR, kbps=6)
   assert y.shape == x.shape and y.dtype == np.float32
   corr = np.correlate(y, x, 'full')
   lag = int(np.argmax(corr)) - (x.size - 1)
   assert abs(lag) <= 2, lag  # opusdec removed the pre-skip
-  assert ev.si_snr(x, y) > 5
+  assert metrics.si_snr(x, y) > 5
   assert 4.0 < info['payload_kbps'] < 9.0, info
   assert info['file_kbps'] > info['payload_kbps']
   # Below libopus's minimum the request is clamped: the measured rate is what Opus really used.
-  _, low = ev.opus_roundtrip(x, sample_rate=SR, kbps=1.5)
+  _, low = opus.opus_roundtrip(x, sample_rate=SR, kbps=1.5)
   assert low['payload_kbps'] > 3.0
   with pytest.raises(ValueError, match='Ogg'):
-    ev.ogg_packet_sizes(b'not ogg at all, not ogg at all')
+    opus.ogg_packet_sizes(b'not ogg at all, not ogg at all')
 
 
 def _tiny_codec():

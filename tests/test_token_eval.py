@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from musiclm_jax.semantic import evaluate_tokens as ev
+from musiclm_jax.semantic import token_metrics as tm
 
 SR = 24000
 HOP = 960  # samples per 25 Hz frame
@@ -16,14 +17,14 @@ def test_nmi_hand_case():
   # joint: (0,0) 1/2, (0,1) 1/4, (1,1) 1/4
   mi = 0.5 * np.log(0.5 / (0.75 * 0.5)) + 0.25 * np.log(0.25 / (0.75 * 0.5)) \
       + 0.25 * np.log(0.25 / (0.25 * 0.5))
-  assert ev.entropy(a) == pytest.approx(ha)
-  assert ev.mutual_information(a, b) == pytest.approx(mi)
-  assert ev.nmi(a, b) == pytest.approx(mi / (0.5 * (ha + hb)))
-  assert ev.nmi([3, 3, 7, 7], [1, 1, 0, 0]) == pytest.approx(1.0)  # a relabeling
-  assert ev.nmi([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)  # independent
-  assert ev.nmi([5, 5, 5], [1, 1, 1]) == 1.0 and ev.nmi([5, 5, 5], [0, 1, 2]) == 0.0
+  assert tm.entropy(a) == pytest.approx(ha)
+  assert tm.mutual_information(a, b) == pytest.approx(mi)
+  assert tm.nmi(a, b) == pytest.approx(mi / (0.5 * (ha + hb)))
+  assert tm.nmi([3, 3, 7, 7], [1, 1, 0, 0]) == pytest.approx(1.0)  # a relabeling
+  assert tm.nmi([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)  # independent
+  assert tm.nmi([5, 5, 5], [1, 1, 1]) == 1.0 and tm.nmi([5, 5, 5], [0, 1, 2]) == 0.0
   with pytest.raises(ValueError, match='length'):
-    ev.mutual_information([0, 1], [0, 1, 2])
+    tm.mutual_information([0, 1], [0, 1, 2])
 
 
 def test_nmi_matches_sklearn():
@@ -32,51 +33,51 @@ def test_nmi_matches_sklearn():
   for k, j in ((4, 6), (64, 300), (2, 1)):
     a = rng.integers(0, k, 3000)
     b = (a * 7 + rng.integers(0, j, 3000)) % max(j, 1)  # partly dependent
-    assert ev.nmi(a, b) == pytest.approx(metrics.normalized_mutual_info_score(a, b), abs=1e-9)
+    assert tm.nmi(a, b) == pytest.approx(metrics.normalized_mutual_info_score(a, b), abs=1e-9)
 
 
 def test_frame_labels():
   pcs = np.zeros((3, 12), np.uint8)
   pcs[0, [0, 4, 7]] = 1  # C major triad
   pcs[2, 11] = 1
-  np.testing.assert_array_equal(ev.pitch_class_set_ids(pcs), [1 + 16 + 128, 0, 2048])
-  np.testing.assert_array_equal(ev.melody_pitch_classes(np.array([60, 0, 73], np.uint8)),
-                                [0, ev.REST, 1])
-  assert ev.instrument_key([40, 0, 40, 128]) == '0+40+128'
+  np.testing.assert_array_equal(tm.pitch_class_set_ids(pcs), [1 + 16 + 128, 0, 2048])
+  np.testing.assert_array_equal(tm.melody_pitch_classes(np.array([60, 0, 73], np.uint8)),
+                                [0, tm.REST, 1])
+  assert tm.instrument_key([40, 0, 40, 128]) == '0+40+128'
   ids = {}
-  a = ev.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60, 0, 73], 'programs': [40]}, ids)
-  b = ev.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60, 0, 73], 'programs': [0]}, ids)
-  c = ev.clip_labels({'pitch_classes': pcs, 'melody_pitch': [1, 2, 3], 'programs': [40, 40]}, ids)
+  a = tm.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60, 0, 73], 'programs': [40]}, ids)
+  b = tm.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60, 0, 73], 'programs': [0]}, ids)
+  c = tm.clip_labels({'pitch_classes': pcs, 'melody_pitch': [1, 2, 3], 'programs': [40, 40]}, ids)
   assert list(a['instrument']) == [0] * 3 and list(b['instrument']) == [1] * 3
   assert list(c['instrument']) == [0] * 3 and ids == {'40': 0, '0': 1}
   with pytest.raises(ValueError, match='frames'):
-    ev.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60], 'programs': [0]}, ids)
+    tm.clip_labels({'pitch_classes': pcs, 'melody_pitch': [60], 'programs': [0]}, ids)
 
 
 def test_conditional_nmi():
   g = np.array([0, 0, 0, 0, 1, 1, 1, 1])
   y = np.array([0, 1, 0, 1, 2, 3, 2, 3])  # within each g, y alternates
-  assert ev.conditional_nmi(y, y, g) == pytest.approx(1.0)
-  assert ev.conditional_nmi(g, y, g) == pytest.approx(0.0)  # t only knows g
-  assert ev.nmi(g, y) > 0.5  # ... which the plain NMI rewards
+  assert tm.conditional_nmi(y, y, g) == pytest.approx(1.0)
+  assert tm.conditional_nmi(g, y, g) == pytest.approx(0.0)  # t only knows g
+  assert tm.nmi(g, y) > 0.5  # ... which the plain NMI rewards
   t = np.array([0, 1, 0, 0, 5, 6, 5, 6])  # right in g=1, half right in g=0
   h = np.log(2)
-  mi0 = ev.mutual_information(t[:4], y[:4])
-  assert ev.conditional_nmi(t, y, g) == pytest.approx((0.5 * mi0 + 0.5 * h) / h)
-  assert np.isnan(ev.conditional_nmi(t, g, g))  # g leaves nothing to explain
+  mi0 = tm.mutual_information(t[:4], y[:4])
+  assert tm.conditional_nmi(t, y, g) == pytest.approx((0.5 * mi0 + 0.5 * h) / h)
+  assert np.isnan(tm.conditional_nmi(t, g, g))  # g leaves nothing to explain
   rng = np.random.default_rng(0)
   g, y = np.repeat(np.arange(4), 50), rng.integers(0, 5, 200)
-  chance = ev.conditional_nmi_chance(y, y, g, seed=1)
-  assert 0.0 < chance < 0.2 and chance == ev.conditional_nmi_chance(y, y, g, seed=1)
+  chance = tm.conditional_nmi_chance(y, y, g, seed=1)
+  assert 0.0 < chance < 0.2 and chance == tm.conditional_nmi_chance(y, y, g, seed=1)
 
 
 def test_agreement():
   tokens = [np.array([1, 2, 3, 4]), np.array([1, 2, 0, 0]), np.array([9, 9, 9]),
             np.array([9, 8, 9, 7])]
-  agree, pairs = ev.agreement(tokens, ['g', 'g', 'h', 'h'])
+  agree, pairs = tm.agreement(tokens, ['g', 'g', 'h', 'h'])
   assert pairs == 2 and agree == pytest.approx((2 + 2) / (4 + 3))
-  assert np.isnan(ev.agreement(tokens, ['a', 'b', 'c', 'd'])[0])
-  assert ev.chance_agreement(np.array([0, 0, 1, 1])) == pytest.approx(0.5)
+  assert np.isnan(tm.agreement(tokens, ['a', 'b', 'c', 'd'])[0])
+  assert tm.chance_agreement(np.array([0, 0, 1, 1])) == pytest.approx(0.5)
 
 
 def _clip(notes, timbre, group):
@@ -166,17 +167,17 @@ def test_logmel_kmeans_baseline():
   clips = [_clip(rng.integers(55, 80, 25), int(t), 'g') for t in rng.integers(0, 3, 6)]
   batches = [np.stack([c['audio'] for c in clips[i:i + 2]]) for i in range(0, 6, 2)]
   lines = []
-  base, fit = ev.fit_logmel_kmeans(iter(batches), num_clusters=8, seed=3, num_iters=5,
+  base, fit = tm.fit_logmel_kmeans(iter(batches), num_clusters=8, seed=3, num_iters=5,
                                    batch_size=None, max_frames=120, log=lines.append)
   assert base.cardinality == 8 and base.centroids.shape == (8, 128) and len(lines) == 2
   assert np.all(np.diff(fit.inertia) <= 1e-6 * np.asarray(fit.inertia[:-1]))
   tokens = base.tokenize(batches[0])
   assert tokens.shape == (2, 25) and 0 <= tokens.min() and tokens.max() < 8
-  again, _ = ev.fit_logmel_kmeans(iter(batches), num_clusters=8, seed=3, num_iters=5,
+  again, _ = tm.fit_logmel_kmeans(iter(batches), num_clusters=8, seed=3, num_iters=5,
                                   batch_size=None, max_frames=120, log=lambda s: 0)
   np.testing.assert_array_equal(again.centroids, base.centroids)
   with pytest.raises(ValueError, match='fewer than'):
-    ev.fit_logmel_kmeans(iter(batches[:1]), num_clusters=64, max_frames=40, log=lambda s: 0)
+    tm.fit_logmel_kmeans(iter(batches[:1]), num_clusters=64, max_frames=40, log=lambda s: 0)
 
 
 def test_reader_yields_labels_and_skips_bad_audio(tmp_path):
@@ -227,6 +228,6 @@ def test_reader_yields_labels_and_skips_bad_audio(tmp_path):
   bare = next(token_eval_reader.read_labeled_clips(
       str(tmp_path), 'test', dataset='token_eval_reader_corpus', with_labels=False))
   assert set(bare) == {'audio', 'work_id', 'melody_group', 'render_id'}
-  with pytest.raises(ValueError, match="no split 'train'"):
+  with pytest.raises(ValueError, match="no prepared split 'train'"):
     next(token_eval_reader.read_labeled_clips(str(tmp_path), 'train',
                                               dataset='token_eval_reader_corpus'))

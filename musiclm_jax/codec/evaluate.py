@@ -11,10 +11,11 @@ clips of:
   STFT distance     `losses.multi_resolution_stft_loss` (spectral convergence + log-|STFT| L1,
                     `LossConfig.stft_resolutions`), per clip
   SI-SNR            scale-invariant SNR in dB (undefined, so left out, for a silent estimate)
-  chroma sim.       pitch: cosine of 12-bin chroma vectors per 20 ms frame (`music_similarity`)
-  onset corr.       rhythm: correlation of the onset-strength envelopes (`music_similarity`)
+  chroma sim.       pitch: cosine of 12-bin chroma vectors per 20 ms frame
+                    (`metrics.music_similarity`)
+  onset corr.       rhythm: correlation of the onset-strength envelopes (same)
   frame-rate share  share of the output's 100-4000 Hz power at multiples of the frame rate
-                    (`harmonic_share`): near 1 when the decoder buzzes at 50 Hz
+                    (`metrics.harmonic_share`): near 1 when the decoder buzzes at 50 Hz
   ViSQOL            MOS-LQO of ViSQOL v3 audio mode at 48 kHz when the `visqol-python` package
                     is importable (optional)
 
@@ -24,7 +25,9 @@ the Opus packets, since libopus does not go below ~5-6 kbps), and two references
 beat by far: silence and white noise at the clip's RMS. Codebook perplexity and dead codes (codes
 never chosen on the evaluation clips) come per RVQ level.
 
-`evaluate_clips` takes arrays (tests need no TFDS); only `main` reads a prepared corpus.
+The metrics live in `musiclm_jax.codec.metrics`, the Opus round trip in
+`musiclm_jax.codec.opus`. `evaluate_clips` takes arrays (tests need no TFDS); only `main` reads
+a prepared corpus.
 """
 
 import argparse
@@ -32,208 +35,15 @@ from collections.abc import Callable, Sequence
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
-import jax
 import numpy as np
 
-from musiclm_jax import audio as audio_lib
-from musiclm_jax.codec import losses as losses_lib
-
-VisqolFn = Callable[[np.ndarray, np.ndarray, int], float]
-
-
-# -- metrics ---------------------------------------------------------------------------------
-
-
-def si_snr(ref: np.ndarray, est: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-  """Scale-invariant SNR in dB over the last axis; NaN where `est` is silent (undefined).
-
-  SI-SNR = 10 log10(|s|^2 / |e|^2), s = <est, ref> ref / |ref|^2, e = est - s, both zero-mean.
-  """
-  ref = np.asarray(ref, np.float64)
-  est = np.asarray(est, np.float64)
-  ref = ref - ref.mean(axis=-1, keepdims=True)
-  est = est - est.mean(axis=-1, keepdims=True)
-  alpha = np.sum(est * ref, axis=-1, keepdims=True) / (np.sum(ref * ref, axis=-1, keepdims=True)
-                                                       + eps)
-  target = alpha * ref
-  noise = est - target
-  out = 10 * np.log10((np.sum(target**2, axis=-1) + eps) / (np.sum(noise**2, axis=-1) + eps))
-  silent = np.sum(est * est, axis=-1) <= eps
-  return np.where(silent, np.nan, out)
-
-
-def codebook_usage(codes: np.ndarray, codebook_size: int) -> list[dict[str, float]]:
-  """Per level of codes [frames, L]: perplexity (exp entropy), used and dead (never used) codes."""
-  out = []
-  for level in range(codes.shape[-1]):
-    counts = np.bincount(codes[:, level].astype(np.int64), minlength=codebook_size)
-    p = counts[counts > 0] / max(counts.sum(), 1)
-    used = int(np.count_nonzero(counts))
-    out.append({'level': level + 1, 'perplexity': float(np.exp(-np.sum(p * np.log(p)))),
-                'used_codes': used, 'dead_codes': codebook_size - used})
-  return out
-
-
-def make_metric_fn(sample_rate: int, loss_config: losses_lib.LossConfig):
-  """Jitted (x [B, N], y [B, N]) -> (mel distance [B], multi-resolution STFT distance [B])."""
-  n_fft, hop, n_mels = loss_config.metric_mel
-
-  def one(x, y):  # [N], [N]
-    mel = losses_lib.mel_distance(x[None], y[None], sample_rate=sample_rate, n_fft=n_fft,
-                                  hop=hop, n_mels=n_mels)
-    stft = losses_lib.multi_resolution_stft_loss(
-        x[None], y[None], resolutions=loss_config.stft_resolutions,
-        log_floor=loss_config.log_floor)
-    return mel, stft
-
-  return jax.jit(jax.vmap(one))
-
-
-def _power_frames(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-  """|STFT|^2 of x [B, N] (centered, periodic Hann) -> [B, T, n_fft // 2 + 1] float32."""
-  x = np.pad(np.asarray(x, np.float32), ((0, 0), (n_fft // 2, n_fft // 2)))
-  frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[:, ::hop]  # [B, T, n_fft]
-  window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-  return np.square(np.abs(np.fft.rfft(frames * window, axis=-1))).astype(np.float32)
-
-
-def music_similarity(x: np.ndarray, y: np.ndarray, sample_rate: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Pitch and rhythm agreement of estimates y with references x ([B, N] each).
-
-  Returns:
-    (chroma similarity [B]: mean over the reference's non-silent 20 ms frames of the cosine
-     between 12-bin chroma vectors, 0 for a silent estimate; onset correlation [B]: Pearson
-     correlation of the 10 ms onset-strength envelopes (positive log-mel flux), NaN when an
-     envelope is constant, e.g. for silence).
-  """
-  import librosa  # pylint: disable=g-import-not-at-top  (numpy filters only)
-  fb = librosa.filters.chroma(sr=sample_rate, n_fft=4096).T  # [F, 12]
-  cx, cy = _power_frames(x, 4096, 480) @ fb, _power_frames(y, 4096, 480) @ fb  # [B, T, 12]
-  nx, ny = np.linalg.norm(cx, axis=-1), np.linalg.norm(cy, axis=-1)  # [B, T]
-  cos = np.sum(cx * cy, axis=-1) / (nx * ny + 1e-12)
-  active = nx > 1e-3 * nx.max(axis=-1, keepdims=True)
-  chroma = np.sum(cos * active, axis=-1) / np.maximum(active.sum(axis=-1), 1)
-  mel = audio_lib.mel_filterbank(audio_lib.MelConfig(sample_rate=sample_rate, n_fft=1024,
-                                                     n_mels=64))  # [F, 64]
-
-  def onset(w):  # [B, N] -> [B, T - 1]
-    logmel = np.log(_power_frames(w, 1024, 240) @ mel + 1e-5)
-    return np.maximum(np.diff(logmel, axis=1), 0).mean(axis=-1)
-
-  ox, oy = onset(x), onset(y)
-  ox, oy = ox - ox.mean(-1, keepdims=True), oy - oy.mean(-1, keepdims=True)
-  sx, sy = np.linalg.norm(ox, axis=-1), np.linalg.norm(oy, axis=-1)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    corr = np.where((sx > 1e-9) & (sy > 1e-9), np.sum(ox * oy, axis=-1) / (sx * sy), np.nan)
-  return chroma, corr
-
-
-def harmonic_share(wav: np.ndarray, sample_rate: int, f0: float, *, band=(100.0, 4000.0),
-                   tolerance_hz: float = 1.0) -> np.ndarray:
-  """Share of the `band` power of wav [B, N] within `tolerance_hz` of a multiple of `f0`.
-
-  With f0 = the codec frame rate this exposes a decoder that buzzes at the frame rate instead
-  of reproducing pitch: music and noise give a few percent (about 2 * tolerance / f0).
-  """
-  power = np.square(np.abs(np.fft.rfft(np.asarray(wav, np.float32), axis=-1)))  # [B, F]
-  freqs = np.fft.rfftfreq(wav.shape[-1], 1.0 / sample_rate)
-  inside = (freqs >= band[0]) & (freqs <= band[1])
-  near = inside & (np.abs(freqs - f0 * np.round(freqs / f0)) <= tolerance_hz)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return power[:, near].sum(-1) / power[:, inside].sum(-1)  # NaN for silence
-
-
-# -- Opus ------------------------------------------------------------------------------------
-
-
-def ogg_packet_sizes(data: bytes) -> list[int]:
-  """Byte sizes of the packets of a single-stream Ogg file (header packets included)."""
-  sizes, current, pos = [], 0, 0
-  while pos < len(data):
-    if data[pos:pos + 4] != b'OggS' or pos + 27 > len(data):
-      raise ValueError(f'not an Ogg page at byte {pos}')
-    nseg = data[pos + 26]
-    lacing = data[pos + 27:pos + 27 + nseg]
-    pos += 27 + nseg + sum(lacing)
-    for value in lacing:
-      current += value
-      if value < 255:
-        sizes.append(current)
-        current = 0
-  return sizes
-
-
-def opus_version() -> str:
-  """`opusenc --version` first line, or raises RuntimeError when opus-tools is missing."""
-  for tool in ('opusenc', 'opusdec'):
-    if shutil.which(tool) is None:
-      raise RuntimeError(f'{tool} not found: install the Debian package opus-tools')
-  out = subprocess.run(['opusenc', '--version'], capture_output=True, text=True, check=False)
-  return (out.stdout or out.stderr).splitlines()[0].strip()
-
-
-def opus_roundtrip(wav: np.ndarray, *, sample_rate: int, kbps: float,
-                   workdir: str | None = None) -> tuple[np.ndarray, dict[str, float]]:
-  """Encodes [N] audio with `opusenc --bitrate kbps` and decodes it with `opusdec --rate`.
-
-  opusdec drops the encoder's pre-skip, so the output is time-aligned with the input; it is
-  cut or zero-padded to N samples.
-
-  Returns:
-    (float32 [N] decoded audio, {'payload_kbps': Opus packets only, 'file_kbps': whole .opus
-     file incl. Ogg pages and headers, 'bytes': file size}).
-  """
-  wav = np.clip(np.asarray(wav, np.float32).reshape(-1), -1.0, 1.0)
-  seconds = wav.size / sample_rate
-  with tempfile.TemporaryDirectory(dir=workdir, prefix='opus_') as tmp:
-    src, enc, dec = (os.path.join(tmp, n) for n in ('in.wav', 'x.opus', 'out.wav'))
-    audio_lib.write_wav(src, wav, sample_rate=sample_rate)
-    for cmd in (['opusenc', '--quiet', '--bitrate', f'{kbps:g}', src, enc],
-                ['opusdec', '--quiet', '--rate', str(sample_rate), enc, dec]):
-      run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      if run.returncode:
-        raise RuntimeError(f'{" ".join(cmd[:4])} failed ({run.returncode}): '
-                           f'{run.stderr.strip()[-300:]}')
-    with open(enc, 'rb') as f:
-      data = f.read()
-    decoded = _read_wav(dec)
-  payload = sum(ogg_packet_sizes(data)[2:])  # skip OpusHead and OpusTags
-  decoded = decoded[:wav.size]
-  decoded = np.pad(decoded, (0, wav.size - decoded.size))
-  return decoded, {'payload_kbps': 8 * payload / seconds / 1000,
-                   'file_kbps': 8 * len(data) / seconds / 1000, 'bytes': float(len(data))}
-
-
-def _read_wav(path: str) -> np.ndarray:
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
-  wav, _ = sf.read(path, dtype='float32', always_2d=True)
-  return wav.mean(axis=-1)
-
-
-# -- ViSQOL (optional) -----------------------------------------------------------------------
-
-
-def make_visqol() -> VisqolFn:
-  """ViSQOL v3 audio mode from the `visqol-python` package; ImportError when it is missing."""
-  from visqol import VisqolApi  # pylint: disable=g-import-not-at-top
-  api = VisqolApi()
-  api.create(mode='audio')
-
-  def score(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> float:
-    ref48 = audio_lib.resample(np.asarray(ref, np.float32), sample_rate, 48000)
-    deg48 = audio_lib.resample(np.asarray(deg, np.float32), sample_rate, 48000)
-    return float(api.measure_from_arrays(ref48.astype(np.float64), deg48.astype(np.float64),
-                                         48000).moslqo)
-
-  return score
+from musiclm_jax import files
+from musiclm_jax.codec import metrics as metrics_lib
+from musiclm_jax.codec import opus as opus_lib
 
 
 # -- the evaluation core ---------------------------------------------------------------------
@@ -260,7 +70,7 @@ def _summary(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[int] = (3, 6, 12),
                    opus_kbps: Sequence[float] = (1.5, 3.0, 6.0), batch_size: int = 8,
-                   seed: int = 0, visqol: VisqolFn | None = None,
+                   seed: int = 0, visqol: metrics_lib.VisqolFn | None = None,
                    visqol_max_clips: int | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Metrics of the codec at `levels`, Opus at `opus_kbps`, silence and noise on `clips`.
@@ -272,7 +82,7 @@ def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[
     opus_kbps: requested Opus bitrates (empty: no Opus rows).
     batch_size: clips per jitted encode/decode call (the last batch is zero-padded).
     seed: seed of the noise reference.
-    visqol: `make_visqol()` (or None: no ViSQOL column).
+    visqol: `metrics.make_visqol()` (or None: no ViSQOL column).
     visqol_max_clips: score ViSQOL on the first clips only (None: all).
     log: progress lines (e.g. `print`).
 
@@ -294,7 +104,7 @@ def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[
       raise ValueError(f'evaluate_clips: levels {n} outside [1, {max_levels}]')
   sr = int(codec.sample_rate)
   bits = math.log2(codec.codebook_size)
-  metric_fn = make_metric_fn(sr, codec.config.losses)
+  metric_fn = metrics_lib.make_metric_fn(sr, codec.config.losses)
   systems: dict[str, dict[str, Any]] = {}
 
   def system(name, kind, **info):
@@ -317,7 +127,7 @@ def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[
       y = np.zeros_like(x)
       rates = []
       for r in range(n_real):
-        y[r], info = opus_roundtrip(x[r], sample_rate=sr, kbps=kbps)
+        y[r], info = opus_lib.opus_roundtrip(x[r], sample_rate=sr, kbps=kbps)
         rates.append(info)
       outputs.append((system(f'Opus {kbps:g} kbps', 'opus', levels=None, requested_kbps=kbps),
                       y, [i['payload_kbps'] for i in rates], [i['file_kbps'] for i in rates]))
@@ -332,11 +142,11 @@ def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[
       mel, stft = (np.asarray(v)[:n_real] for v in metric_fn(x, y))
       s['mel'] += mel.tolist()
       s['stft'] += stft.tolist()
-      s['snr'] += si_snr(x[:n_real], y[:n_real]).tolist()
-      chroma, onset = music_similarity(x[:n_real], y[:n_real], sr)
+      s['snr'] += metrics_lib.si_snr(x[:n_real], y[:n_real]).tolist()
+      chroma, onset = metrics_lib.music_similarity(x[:n_real], y[:n_real], sr)
       s['chroma'] += chroma.tolist()
       s['onset'] += onset.tolist()
-      s['buzz'] += harmonic_share(y[:n_real], sr, float(codec.frame_rate)).tolist()
+      s['buzz'] += metrics_lib.harmonic_share(y[:n_real], sr, float(codec.frame_rate)).tolist()
       s['kbps'] += kbps
       s['file_kbps'] += file_kbps or []
       for r, i in enumerate(idx):
@@ -363,8 +173,8 @@ def evaluate_clips(codec: Any, clips: Sequence[np.ndarray], *, levels: Sequence[
       row[key], row[f'{key}_std'] = _summary(values)
     row['clips'] = len(s['mel'])
     rows.append(row)
-  return {'rows': rows, 'codebooks': codebook_usage(np.concatenate(codes_all),
-                                                   int(codec.codebook_size)),
+  return {'rows': rows, 'codebooks': metrics_lib.codebook_usage(np.concatenate(codes_all),
+                                                               int(codec.codebook_size)),
           'num_clips': len(clips), 'seconds': float(sum(c.size for c in clips) / sr),
           'sample_rate': sr, 'frame_rate': float(codec.frame_rate),
           'codebook_size': int(codec.codebook_size), 'num_levels': max_levels,
@@ -429,14 +239,6 @@ def format_markdown(result: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _latest_step(run_dir: str) -> int | None:
   folder = os.path.join(run_dir, 'checkpoints')
   steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
@@ -479,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from musiclm_jax import checkpoints
   from musiclm_jax.data import codec_eval_reader, token_store
   try:
-    opus = opus_version() if args.opus_kbps else None
+    opus = opus_lib.opus_version() if args.opus_kbps else None
     codec = token_store.load_codec(args.checkpoint, args.gin_file)
   except (RuntimeError, FileNotFoundError, ValueError, checkpoints.CheckpointError) as e:
     log(f'error: {e}')
@@ -487,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   visqol = None
   if args.visqol != 'off':
     try:
-      visqol = make_visqol()
+      visqol = metrics_lib.make_visqol()
     except ImportError as e:
       if args.visqol == 'on':
         log(f'error: --visqol on needs the visqol-python package ({e})')
@@ -527,8 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   md = format_markdown(result)
   print(md)
   if args.out:
-    _atomic_write(os.path.join(args.out, 'codec_eval.json'), json.dumps(result, indent=1) + '\n')
-    _atomic_write(os.path.join(args.out, 'codec_eval.md'), md)
+    files.atomic_write_text(os.path.join(args.out, 'codec_eval.json'),
+                            json.dumps(result, indent=1) + '\n')
+    files.atomic_write_text(os.path.join(args.out, 'codec_eval.md'), md)
     log(f'wrote {args.out}/codec_eval.json and codec_eval.md')
   return 0
 

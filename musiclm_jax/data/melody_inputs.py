@@ -37,12 +37,13 @@ ahead. TensorFlow/TFDS are imported only when data is read.
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import functools
-import os
 import queue
 import threading
 from typing import Any
 
 import numpy as np
+
+from musiclm_jax.data import clip_reader
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 25  # melody_pitch frames per second
@@ -74,15 +75,6 @@ class MelodyGroup:
     return int(self.audio.shape[1])
 
 
-def _data_dir(data_dir: str | None) -> str:
-  return os.path.expanduser(data_dir or os.environ.get('MUSICLM_DATA_DIR')
-                            or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
-
-
-def _text(v) -> str:
-  return v.decode('utf-8', 'replace') if isinstance(v, bytes) else str(v)
-
-
 def _pcm(v) -> np.ndarray:
   """A stored audio feature as int16 [N] (float input is scaled; stereo is averaged)."""
   wav = np.asarray(v)
@@ -96,26 +88,10 @@ def _pcm(v) -> np.ndarray:
 def _tfds_examples(data_dir: str | None, split: str, dataset: str, wanted: Sequence[str]
                    ) -> Iterator[dict[str, Any]]:
   """Numpy examples of a prepared split with only the `wanted` features decoded."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = _data_dir(data_dir)
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    splits = sorted(builder.info.splits)
-  except tfds.core.DatasetNotFoundError:
-    splits = []
-  if split not in splits:
-    raise ValueError(f'TFDS {dataset} under {data_dir} has no prepared split {split!r} (found: '
-                     f'{", ".join(splits) or "nothing"}); build it with '
-                     '`python -m musiclm_jax.data.build --corpus synth`')
-  features = builder.info.features
-  missing = sorted(k for k in wanted if k not in features)
-  if missing:
-    raise ValueError(f'TFDS {dataset} under {data_dir}: no features {missing} (the melody '
-                     'embedder needs the synth corpus: melody groups, hums, whistles)')
-  decoders = {k: tfds.decode.SkipDecoding() for k in features if k not in wanted}
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders or None)
-  ds = ds.map(lambda e: {k: e[k] for k in wanted})
-  return iter(tfds.as_numpy(ds))
+  builder = clip_reader.open_split(
+      data_dir, split, dataset=dataset, required=wanted, build_args='--corpus synth',
+      needs='the melody embedder needs the synth corpus: melody groups, hums, whistles')
+  return clip_reader.numpy_examples(builder, split, wanted)
 
 
 def read_melody_examples(data_dir: str | None, split: str, *, dataset: str = DEFAULT_DATASET,
@@ -136,13 +112,12 @@ def read_melody_examples(data_dir: str | None, split: str, *, dataset: str = DEF
     out = {}
     for key in ('audio', 'hum', 'whistle'):
       out[key] = _pcm(ex[key]).astype(np.float32) / 32768.0
-    if any(w.size == 0 or not np.all(np.isfinite(w)) for w in (out['audio'], out['hum'],
-                                                               out['whistle'])):
-      counts['skipped_bad_audio'] = counts.get('skipped_bad_audio', 0) + 1
+    if not clip_reader.usable(counts, out['audio'], out['hum'], out['whistle']):
       continue
-    counts['examples'] = counts.get('examples', 0) + 1
-    out.update(melody_group=_text(ex['melody_group']), render_id=_text(ex['render_id']),
-               work_id=_text(ex['work_id']), instruments=[_text(i) for i in ex['instruments']],
+    out.update(melody_group=clip_reader.text(ex['melody_group']),
+               render_id=clip_reader.text(ex['render_id']),
+               work_id=clip_reader.text(ex['work_id']),
+               instruments=[clip_reader.text(i) for i in ex['instruments']],
                transposition=int(ex['transposition']),
                melody_pitch=np.asarray(ex['melody_pitch'], np.uint8))
     yield out
@@ -160,12 +135,12 @@ def load_groups(data_dir: str | None, dataset: str, split: str, shard_index: int
             'melody_pitch')
   raw: dict[str, list] = {}
   for ex in _tfds_examples(data_dir, split, dataset, wanted):
-    name = _text(ex['melody_group'])
+    name = clip_reader.text(ex['melody_group'])
     raw.setdefault(name, []).append(ex)
   names = sorted(raw)[shard_index::num_shards]
   groups = []
   for name in names:
-    clips = sorted(raw.pop(name), key=lambda e: _text(e['render_id']))
+    clips = sorted(raw.pop(name), key=lambda e: clip_reader.text(e['render_id']))
     arrays = [(_pcm(e['audio']), _pcm(e['hum']), _pcm(e['whistle'])) for e in clips]
     length = arrays[0][0].size
     arrays = [a for a in arrays if all(x.size == length for x in a)]
@@ -415,9 +390,10 @@ def melody_input_fn(*, batch_size: int, seed: int, start_index: int = 0, shard_i
                    jitter_seconds=jitter_seconds, gain_db=tuple(float(g) for g in gain_db),
                    min_voiced=min_voiced)
   spec.units(batch_size)  # validates before any data is read
-  groups = load_groups(_data_dir(data_dir), name, split, shard_index, num_shards)
+  data_dir = clip_reader.default_data_dir(data_dir)
+  groups = load_groups(data_dir, name, split, shard_index, num_shards)
   if not groups:
-    raise ValueError(f'TFDS {name} {split} under {_data_dir(data_dir)}: no usable melody groups '
+    raise ValueError(f'TFDS {name} {split} under {data_dir}: no usable melody groups '
                      f'for shard {shard_index} of {num_shards}')
   make = functools.partial(make_batch, groups, batch_size=batch_size, seed=seed, spec=spec,
                            shard_index=shard_index)

@@ -1,6 +1,6 @@
 """Plain-Python reader of labelled synth clips for `musiclm_jax.semantic.evaluate_tokens`.
 
-TensorFlow/TFDS is imported inside the function only, so the evaluation module stays TF-free
+TensorFlow/TFDS is imported inside `clip_reader` only, so the evaluation module stays TF-free
 and imports this module when it reads data.
 """
 
@@ -9,21 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from musiclm_jax.data import clip_reader
+
 DEFAULT_DATASET = 'synth/small'
 LABEL_KEYS = ('pitch_classes', 'melody_pitch', 'programs', 'instruments')
 _WANTED = ('audio', *LABEL_KEYS, 'work_id', 'melody_group', 'render_id')
-
-
-def _text(value: Any) -> str:
-  return value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)
-
-
-def _float_audio(audio: np.ndarray) -> np.ndarray:
-  audio = np.asarray(audio)
-  if audio.dtype.kind in 'iu':
-    audio = audio.astype(np.float32) / {1: 128.0, 2: 32768.0}.get(audio.dtype.itemsize, 2.0**31)
-  audio = audio.astype(np.float32)
-  return audio.mean(axis=-1) if audio.ndim == 2 else audio.reshape(-1)
 
 
 def read_labeled_clips(data_dir: str, split: str, *, dataset: str = DEFAULT_DATASET,
@@ -45,35 +35,23 @@ def read_labeled_clips(data_dir: str, split: str, *, dataset: str = DEFAULT_DATA
      'programs': int32 [P] (128 = drum kit), 'instruments': list[str]}.
     Clips with empty or non-finite audio are skipped and counted.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   counts = {} if counts is None else counts
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if split not in builder.info.splits:
-    raise ValueError(f'{dataset} under {data_dir}: no split {split!r} '
-                     f'(has {sorted(builder.info.splits)})')
+  builder = clip_reader.open_split(
+      data_dir, split, dataset=dataset, required=LABEL_KEYS if with_labels else (),
+      needs='token evaluation needs the synth corpus', build_args='--corpus synth')
   features = builder.info.features
   wanted = [k for k in _WANTED if k in features and (with_labels or k not in LABEL_KEYS)]
-  if with_labels:
-    missing = [k for k in LABEL_KEYS if k not in features]
-    if missing:
-      raise ValueError(f'{dataset} under {data_dir}: no label feature(s) {missing} '
-                       '(token evaluation needs the synth corpus)')
-  decoders = {k: tfds.decode.SkipDecoding() for k in features if k not in wanted}
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders or None)
-  ds = ds.map(lambda e: {k: e[k] for k in wanted})
-  for n, ex in enumerate(tfds.as_numpy(ds)):
+  for n, ex in enumerate(clip_reader.numpy_examples(builder, split, wanted)):
     if limit is not None and n >= limit:
       break
-    wav = _float_audio(ex['audio'])
-    if wav.size == 0 or not np.all(np.isfinite(wav)):
-      counts['skipped_bad_audio'] = counts.get('skipped_bad_audio', 0) + 1
+    wav = clip_reader.float_audio(ex['audio'])
+    if not clip_reader.usable(counts, wav):
       continue
-    counts['examples'] = counts.get('examples', 0) + 1
-    clip = {'audio': wav, **{k: _text(ex.get(k, f'{split}:{n}'))
+    clip = {'audio': wav, **{k: clip_reader.text(ex.get(k, f'{split}:{n}'))
                              for k in ('work_id', 'melody_group', 'render_id')}}
     if with_labels:
       clip.update(pitch_classes=np.asarray(ex['pitch_classes'], np.uint8),
                   melody_pitch=np.asarray(ex['melody_pitch'], np.uint8),
                   programs=np.asarray(ex['programs'], np.int32),
-                  instruments=[_text(i) for i in ex['instruments']])
+                  instruments=[clip_reader.text(i) for i in ex['instruments']])
     yield clip

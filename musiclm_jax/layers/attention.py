@@ -1,9 +1,9 @@
-"""Multi-head (grouped-query) self-attention with rotary positions and an explicit KV cache.
+"""Self-attention layers: causal with RoPE and a KV cache (decoders), bidirectional (encoders).
 
-All attention goes through `jax.nn.dot_product_attention`. The implementation is chosen by
-`resolve_implementation`: cuDNN flash attention on GPU for bf16/fp16 inputs (sequences padded
-to a multiple of 128, which cuDNN wants), XLA everywhere else. Pass `implementation='xla'` or
-`'cudnn'` to override.
+`SelfAttention` (multi-head or grouped-query, rotary positions, explicit KV cache) goes through
+`jax.nn.dot_product_attention`. The implementation is chosen by `resolve_implementation`: cuDNN
+flash attention on GPU for bf16/fp16 inputs (sequences padded to a multiple of 128, which cuDNN
+wants), XLA everywhere else. Pass `implementation='xla'` or `'cudnn'` to override.
 
 Three modes share the same weights (`mode` is static):
   'train':   causal self-attention over the whole input, no cache.
@@ -11,9 +11,12 @@ Three modes share the same weights (`mode` is static):
              cache[:, 0:length] (the prompt always starts at position 0).
   'decode':  the input chunk (usually one token) sits at positions[0]...; its keys/values are
              written there and it attends to every cached position <= its own.
+
+`EncoderAttention` is BERT-style: every position attends to every non-padding position, no
+positional rotation, biased projections (used by the MuLan text tower and the melody embedder).
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -209,3 +212,54 @@ class SelfAttention(nn.Module):
         name='out')(out)  # [batch, length, embed]
     out = checkpoint_name(out, 'out_proj')
     return out, new_cache
+
+
+class EncoderAttention(nn.Module):
+  """Multi-head self-attention over all (non-padding) positions, with BERT's biases (but the key's).
+
+  Attributes:
+    num_heads: heads.
+    head_dim: size of each head.
+    dtype: compute dtype.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attends.
+
+    Args:
+      x: [batch, length, embed].
+      mask: [batch, length] bool, True for real tokens.
+
+    Returns:
+      [batch, length, embed].
+    """
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+    zeros = nn.initializers.zeros
+
+    def proj(name, use_bias=True):
+      return nn.DenseGeneral(
+          features=(self.num_heads, self.head_dim), axis=-1, dtype=self.dtype,
+          use_bias=use_bias,
+          kernel_init=nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
+          bias_init=nn.with_logical_partitioning(zeros, ('heads', 'kv')), name=name)
+
+    qkv_axes = ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv')
+    query = nn.with_logical_constraint(proj('query')(x), qkv_axes)  # [batch, length, heads, kv]
+    # No key bias: it adds the same q.b to every logit of a query, so softmax ignores it and
+    # its gradient is pure rounding noise (which Adam would amplify into random updates).
+    key = nn.with_logical_constraint(proj('key', use_bias=False)(x), qkv_axes)
+    value = nn.with_logical_constraint(proj('value')(x), qkv_axes)
+    scale = 1.0 / float(self.head_dim) ** 0.5
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query * scale, key).astype(jnp.float32)
+    logits = jnp.where(mask[:, None, None, :], logits, -1e9)  # every query sees real keys only
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)  # [batch, heads, q, k]
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    out = nn.with_logical_constraint(out, qkv_axes)  # [batch, length, heads, kv]
+    return nn.DenseGeneral(
+        features=x.shape[-1], axis=(-2, -1), dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(zeros, ('embed',)), name='out')(out)

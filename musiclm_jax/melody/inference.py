@@ -56,29 +56,6 @@ def _dequantize(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
   return rvq.dequantize(codebooks, codes)
 
 
-def config_from_run(model_dir: str, gin_files: Sequence[str] | None = None
-                    ) -> model_lib.MelodyConfig:
-  """The MelodyConfig of a run: its `MODEL` macro from `gin_files` or MODEL_DIR/config.gin."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from musiclm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  gin.clear_config()
-  try:
-    if gin_files:
-      train_lib.parse_gin(list(gin_files), [])
-    else:
-      path = os.path.join(model_dir, 'config.gin')
-      if not os.path.exists(path):
-        raise FileNotFoundError(f'{path}: the run has no config.gin; pass --gin_file')
-      with open(path) as f:
-        gin.parse_config(f.read())
-    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
-  finally:
-    gin.clear_config()
-  if not isinstance(model, model_lib.MelodyModel):
-    raise ValueError(f'MODEL is a {type(model).__name__}, not a MelodyModel')
-  return model.config
-
-
 class MelodyEmbedder:
   """Frozen melody embedder + optional RVQ codebooks.
 
@@ -115,8 +92,11 @@ class MelodyEmbedder:
   def from_checkpoint(cls, model_dir: str, *, gin_files: Sequence[str] | None = None,
                       step: int | None = None) -> 'MelodyEmbedder':
     """The newest (or `step`) checkpoint of a training run, config from its config.gin."""
-    from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
-    config = config_from_run(model_dir, gin_files)
+    # pylint: disable=g-import-not-at-top
+    from musiclm_jax import checkpoints
+    from musiclm_jax import train as train_lib
+    # pylint: enable=g-import-not-at-top
+    config = train_lib.model_from_run(model_dir, gin_files, model_lib.MelodyModel).config
     params, _, _ = checkpoints.load_params(model_dir, step=step)
     return cls(config=config, params=params['model'])
 

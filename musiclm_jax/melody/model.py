@@ -15,8 +15,8 @@ Network: shared log-mel front-end (`musiclm_jax.audio.log_mel`; `stft='dft'` com
 DFT matmul, which is safe in sharded CPU programs), a fixed affine normalisation, patches of
 `patch_frames` frames x all mel bands (a patch keeps absolute frequency, which is what pitch
 is), a linear patch embedding, learned positions, `num_layers` pre-norm bidirectional encoder
-blocks (the MuLan text tower's `EncoderAttention`, the layer library's `MlpBlock` and
-`make_norm`), a final LayerNorm, mean pooling, a linear projection to `embed_dim`, L2
+blocks (the layer library's `EncoderAttention`, `MlpBlock` and `make_norm`, as in the MuLan
+text tower), a final LayerNorm, mean pooling, a linear projection to `embed_dim`, L2
 normalisation. `head_dim` is its own setting: the paper's width 512 does not divide by its 6
 heads, so attention runs at 6 x 64 inside the 512-wide residual stream.
 """
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax import audio as audio_lib
+from musiclm_jax.layers.attention import EncoderAttention
 from musiclm_jax.layers.transformer import MlpBlock, make_norm
 from musiclm_jax.melody import losses
-from musiclm_jax.mulan.text_tower import EncoderAttention
 
 PyTree = Any
 ACTIVATION_AXES = ('activation_batch', 'activation_length', 'activation_embed')

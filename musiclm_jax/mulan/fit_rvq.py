@@ -114,29 +114,6 @@ def fit_residual_kmeans(points: np.ndarray, *, num_levels: int, codebook_size: i
   return np.stack(codebooks).astype(np.float32), history
 
 
-def config_from_run(model_dir: str, gin_files: Sequence[str] | None = None
-                    ) -> model_lib.MuLanConfig:
-  """The MuLanConfig of a run: its `MODEL` macro from `--gin_file`s or MODEL_DIR/config.gin."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from musiclm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  gin.clear_config()
-  try:
-    if gin_files:
-      train_lib.parse_gin(list(gin_files), [])
-    else:
-      path = os.path.join(model_dir, 'config.gin')
-      if not os.path.exists(path):
-        raise FileNotFoundError(f'{path}: the run has no config.gin; pass --gin_file')
-      with open(path) as f:
-        gin.parse_config(f.read())
-    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
-  finally:
-    gin.clear_config()
-  if not isinstance(model, model_lib.MuLanModel):
-    raise ValueError(f'MODEL is a {type(model).__name__}, not a MuLanModel')
-  return model.config
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m musiclm_jax.mulan.fit_rvq',
                               description=__doc__.splitlines()[0])
@@ -164,9 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from musiclm_jax import checkpoints
+  from musiclm_jax import train as train_lib
+  # pylint: enable=g-import-not-at-top
   try:
-    config = config_from_run(args.checkpoint, args.gin_file)
+    config = train_lib.model_from_run(args.checkpoint, args.gin_file, model_lib.MuLanModel).config
   except Exception as e:  # pylint: disable=broad-except
     print(f'{args.checkpoint}: cannot build the MuLan config ({type(e).__name__}: '
           f'{str(e).splitlines()[0] if str(e) else ""}); pass --gin_file', file=sys.stderr)

@@ -9,8 +9,8 @@ eos 1, unk 2) and is masked out of attention, so the output does not depend on h
 padding follows the text.
 
 `musiclm_jax.layers.transformer.DecoderBlock` is causal (its attention always applies a causal
-mask and RoPE), so it does not fit an encoder; this file has its own attention and reuses the
-layer library's `MlpBlock` (plain GELU, 2 matrices) and `make_norm`.
+mask and RoPE), so it does not fit an encoder; the blocks here use the layer library's
+bidirectional `EncoderAttention`, `MlpBlock` (plain GELU, 2 matrices) and `make_norm`.
 """
 
 from typing import Any
@@ -19,61 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musiclm_jax.layers.attention import EncoderAttention
 from musiclm_jax.layers.transformer import MlpBlock, make_norm
 
 ACTIVATION_AXES = ('activation_batch', 'activation_length', 'activation_embed')
 PAD_ID = 0
-
-
-class EncoderAttention(nn.Module):
-  """Multi-head self-attention over all (non-padding) positions, with BERT's biases (but the key's).
-
-  Attributes:
-    num_heads: heads.
-    head_dim: size of each head.
-    dtype: compute dtype.
-  """
-  num_heads: int
-  head_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Attends.
-
-    Args:
-      x: [batch, length, embed].
-      mask: [batch, length] bool, True for real tokens.
-
-    Returns:
-      [batch, length, embed].
-    """
-    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
-    zeros = nn.initializers.zeros
-
-    def proj(name, use_bias=True):
-      return nn.DenseGeneral(
-          features=(self.num_heads, self.head_dim), axis=-1, dtype=self.dtype,
-          use_bias=use_bias,
-          kernel_init=nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
-          bias_init=nn.with_logical_partitioning(zeros, ('heads', 'kv')), name=name)
-
-    qkv_axes = ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv')
-    query = nn.with_logical_constraint(proj('query')(x), qkv_axes)  # [batch, length, heads, kv]
-    # No key bias: it adds the same q.b to every logit of a query, so softmax ignores it and
-    # its gradient is pure rounding noise (which Adam would amplify into random updates).
-    key = nn.with_logical_constraint(proj('key', use_bias=False)(x), qkv_axes)
-    value = nn.with_logical_constraint(proj('value')(x), qkv_axes)
-    scale = 1.0 / float(self.head_dim) ** 0.5
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query * scale, key).astype(jnp.float32)
-    logits = jnp.where(mask[:, None, None, :], logits, -1e9)  # every query sees real keys only
-    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)  # [batch, heads, q, k]
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    out = nn.with_logical_constraint(out, qkv_axes)  # [batch, length, heads, kv]
-    return nn.DenseGeneral(
-        features=x.shape[-1], axis=(-2, -1), dtype=self.dtype,
-        kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(zeros, ('embed',)), name='out')(out)
 
 
 class EncoderBlock(nn.Module):
