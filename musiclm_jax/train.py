@@ -139,7 +139,7 @@ def model_from_run(model_dir: str, gin_files: Sequence[str] | None, cls: type) -
   finally:
     gin.clear_config()
   if not isinstance(model, cls):
-    raise ValueError(f'MODEL is a {type(model).__name__}, not a {cls.__name__}')
+    raise ValueError(f'{model_dir}: MODEL is a {type(model).__name__}, not a {cls.__name__}')
   return model
 
 

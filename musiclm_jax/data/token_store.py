@@ -110,25 +110,10 @@ def tokenizer_paths(tokenizers_dir: str | None, codec: str | None = None,
 
 def load_codec(run_dir: str, gin_files: Sequence[str] | None = None):
   """A `SoundStreamCodec` from a training run: its `MODEL` from config.gin + the last checkpoint."""
-  import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from musiclm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.codec import model as codec_model  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(run_dir, 'config.gin')
-  gin.clear_config()
-  try:
-    if gin_files:
-      train_lib.parse_gin(list(gin_files), [])
-    elif os.path.exists(config_path):
-      with open(config_path, encoding='utf-8') as f:
-        gin.parse_config(f.read())
-    else:
-      raise FileNotFoundError(f'{config_path}: the codec run has no config.gin')
-    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
-  finally:
-    gin.clear_config()
-  if not isinstance(model, codec_model.SoundStreamModel):
-    raise ValueError(f'{run_dir}: MODEL is a {type(model).__name__}, not a SoundStreamModel')
+  model = train_lib.model_from_run(run_dir, gin_files, codec_model.SoundStreamModel)
   params, model_state, _ = checkpoints.load_params(run_dir)
   return codec_model.SoundStreamCodec(model, params['generator'], model_state)
 
