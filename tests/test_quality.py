@@ -89,7 +89,7 @@ def test_end_to_end_on_a_random_bundle(bundle, tmp_path):
   result = quality.evaluate(_clips(), mulan=bundle.mulan, bundle=bundle, duration=0.5, seed=0,
                             batch_size=4, audio_dir=str(tmp_path / 'audio'), log=logs.append)
   assert result['n'] == 3 and result['candidates'] == ['cello', 'flute', 'violin']
-  assert list(result['rows']) == ['generated', 'real', 'shuffled', 'real_shuffled']
+  assert list(result['rows']) == ['generated', 'real', 'codec', 'shuffled', 'real_shuffled']
   for row in result['rows'].values():
     assert row['n'] == 3 and -1.0 <= row['mcc']['mean'] <= 1.0
     assert 0.0 <= row['instrument_accuracy'] <= 1.0
@@ -101,6 +101,9 @@ def test_end_to_end_on_a_random_bundle(bundle, tmp_path):
   assert any(line.startswith('generated 3/3') for line in logs)
   table = quality.markdown(result, title='t', command='cmd')
   assert 'generated vs its prompt | 3 |' in table and 'upper bound' in table
+  assert 'codec ceiling' in table and 'mcc_gain_over_shuffled' in result['rows']['codec']
+  # the codec row scores the round trip, not the real audio again
+  assert result['rows']['codec']['mcc_values'] != result['rows']['real']['mcc_values']
   assert 0.0 <= gen['mulan_tokens']['level1'] <= 1.0 and 'audio_pairwise_cosine' in gen
   # the real rows do not depend on generation (sample determinism: tests/test_sampling.py)
   real_only = quality.evaluate(_clips(), mulan=bundle.mulan, duration=0.5, seed=0,

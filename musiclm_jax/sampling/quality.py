@@ -20,7 +20,8 @@ Each is given for four pairings: generated audio vs its prompt; real held-out au
 same duration) vs its caption (the upper bound this MuLan can show); generated audio vs a
 shuffled prompt (a seeded derangement: chance); real audio vs the same shuffled prompts. Also
 the paired gain MCC(own prompt) - MCC(shuffled prompt) of the same audio, with its standard
-error. With `--mulan` instead of `--bundle` nothing is generated: only the real rows.
+error. With a bundle, the real audio is also scored after an encode/decode round trip through
+the bundle's codec (all levels): the best the generated audio could score with this codec. With `--mulan` instead of `--bundle` nothing is generated: only the real rows.
 
 Writes DIR/quality.json (every figure, per-prompt values, settings, bundle sha256),
 DIR/quality.md (the table; also appended to `--markdown`), DIR/audio/*.wav with `--save_audio`.
@@ -45,6 +46,7 @@ FORMAT = 'musiclm_jax.quality/1'
 ROWS = {  # key -> (audio, prompt) label of the table
     'generated': 'generated vs its prompt',
     'real': 'real held-out audio vs its caption (upper bound)',
+    'codec': 'real audio through the bundle codec vs its caption (codec ceiling)',
     'shuffled': 'generated vs a shuffled prompt (chance)',
     'real_shuffled': 'real audio vs a shuffled caption (chance)',
 }
@@ -217,6 +219,16 @@ def generate(bundle: Any, prompts: Sequence[str], *, duration: float, seed: int,
   return audio, info
 
 
+def codec_roundtrip(codec: Any, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Each clip encoded and decoded with all levels: what the stages' tokens can at best sound
+  like, so the gap between the 'real' and 'codec' rows is the codec's share of the loss."""
+  out = []
+  for wav in clips:
+    codes = codec.encode(np.asarray(wav, np.float32)[None])
+    out.append(np.asarray(codec.decode(codes))[0, :len(wav)])
+  return out
+
+
 # -- the evaluation ----------------------------------------------------------------------------
 
 
@@ -273,11 +285,13 @@ def evaluate(clips: Sequence[Mapping[str, Any]], *, mulan: Any, bundle: Any = No
   if bundle is not None:
     audio_emb['generated'] = fit_rvq.embed_audio_batches(mulan, generated,
                                                          batch_size=batch_size)
+    audio_emb['codec'] = fit_rvq.embed_audio_batches(mulan, codec_roundtrip(bundle.codec, real),
+                                                     batch_size=batch_size)
   log(f'embedded {len(clips)} prompts and {sum(map(len, audio_emb.values()))} clips '
       f'({time.time() - t0:.1f} s)')
   shuffled_inst = [instruments[j] for j in perm]
   rows = {}
-  for name in ('generated', 'real'):
+  for name in ('generated', 'real', 'codec'):
     if name not in audio_emb:
       continue
     own = score_pairing(audio_emb[name], text_emb, inst_emb, candidates, instruments)
@@ -289,7 +303,8 @@ def evaluate(clips: Sequence[Mapping[str, Any]], *, mulan: Any, bundle: Any = No
       own['mulan_tokens'] = token_agreement(codes, mulan.quantize(text_emb))
       other['mulan_tokens'] = token_agreement(codes, mulan.quantize(text_emb[perm]))
     rows[name] = own
-    rows['shuffled' if name == 'generated' else 'real_shuffled'] = other
+    if name != 'codec':  # the codec row only needs its gain over shuffled
+      rows['shuffled' if name == 'generated' else 'real_shuffled'] = other
   per_prompt = []
   for i, clip in enumerate(clips):
     entry = {'id': ids[i], 'split': clip.get('split', ''), 'work_id': clip.get('work_id', ''),
