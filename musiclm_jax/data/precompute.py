@@ -53,6 +53,7 @@ from typing import Any
 from etils import epath
 import numpy as np
 
+from musiclm_jax.data import clip_reader
 from musiclm_jax.data.token_store import (BatchTokenizer, DONE_FILE, INDEX_FILE, INFO_FILE,
                                           Tokenizers, load_tokenizers, tokenizer_paths)
 
@@ -125,18 +126,6 @@ def find_prepared(data_dir: str, tfds_name: str) -> epath.Path:
   return versions[-1]
 
 
-def _text(value: Any) -> str:
-  return value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)
-
-
-def _float_audio(audio: np.ndarray) -> np.ndarray:
-  audio = np.asarray(audio)
-  if audio.dtype.kind in 'iu':
-    audio = audio.astype(np.float32) / {1: 128.0, 2: 32768.0}.get(audio.dtype.itemsize, 2.0**31)
-  audio = audio.astype(np.float32)
-  return audio.mean(axis=-1) if audio.ndim == 2 else audio.reshape(-1)
-
-
 def read_clips(builder, split: str, start: int, stop: int) -> Iterable[dict[str, Any]]:
   """Examples [start, stop) of a TFDS split as {'audio', 'caption', 'work_id', 'render_id'}."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -146,10 +135,11 @@ def read_clips(builder, split: str, start: int, stop: int) -> Iterable[dict[str,
                           decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
   for offset, ex in enumerate(tfds.as_numpy(ds)):
     index = start + offset
-    work = next((_text(ex[k]) for k in _ID_KEYS if k in ex), f'{split}:{index}')
-    render = _text(ex['render_id']) if 'render_id' in ex else (
+    work = next((clip_reader.text(ex[k]) for k in _ID_KEYS if k in ex), f'{split}:{index}')
+    render = clip_reader.text(ex['render_id']) if 'render_id' in ex else (
         f'{work}#{int(ex["clip_index"])}' if 'clip_index' in ex else f'{work}#{index}')
-    yield {'audio': _float_audio(ex['audio']), 'caption': _text(ex.get('caption', b'')),
+    yield {'audio': clip_reader.float_audio(ex['audio']),
+           'caption': clip_reader.text(ex.get('caption', b'')),
            'work_id': work, 'render_id': render}
 
 

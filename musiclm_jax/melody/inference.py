@@ -20,40 +20,25 @@ written next to its destination and renamed into place.
 """
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax import files
-from musiclm_jax.layers import rvq
+from musiclm_jax import frozen_folder
 from musiclm_jax.melody import model as model_lib
 
 FORMAT = 'musiclm_jax.melody/1'
 CONFIG_FILE = 'melody.json'
-PARAMS_FILE = 'params.npz'
-RVQ_FILE = 'rvq.npz'
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _embed(net: model_lib.MelodyEncoder, params: Any, wav: jax.Array) -> jax.Array:
   return net.apply({'params': params}, wav, method=model_lib.MelodyEncoder.embed_windows)
-
-
-@jax.jit
-def _quantize(codebooks: jax.Array, emb: jax.Array) -> jax.Array:
-  return rvq.quantize(codebooks, emb.astype(jnp.float32)).codes
-
-
-@jax.jit
-def _dequantize(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
-  return rvq.dequantize(codebooks, codes)
 
 
 class MelodyEmbedder:
@@ -161,11 +146,11 @@ class MelodyEmbedder:
 
   def quantize(self, emb: Any) -> np.ndarray:
     """Embeddings [..., D] -> int32 RVQ codes [..., levels]."""
-    return np.asarray(_quantize(self._codebooks(), jnp.asarray(emb, jnp.float32)))
+    return np.asarray(frozen_folder.quantize(self._codebooks(), jnp.asarray(emb, jnp.float32)))
 
   def dequantize(self, codes: Any) -> np.ndarray:
     """Codes [..., n <= levels] -> float32 [..., D] (sum of the code vectors, not renormalised)."""
-    return np.asarray(_dequantize(self._codebooks(), jnp.asarray(codes, jnp.int32)))
+    return np.asarray(frozen_folder.dequantize(self._codebooks(), jnp.asarray(codes, jnp.int32)))
 
   def tokens(self, wav: Any) -> np.ndarray:
     """Audio [B, N] -> int32 [B, W * levels] melody tokens, window-major."""
@@ -185,44 +170,14 @@ class MelodyEmbedder:
       directory: destination folder (replaced if it exists).
       extra: file name -> JSON-serialisable object, written into the folder too (reports).
     """
-    flat = traverse_util.flatten_dict(jax.device_get(self.params), sep='/')
-    flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
-    meta = {'format': FORMAT, 'config': self.config.to_dict(),
-            'rvq': None if self.codebooks is None else {
-                'file': RVQ_FILE, 'num_levels': self.num_codebooks,
-                'codebook_size': self.cardinality}}
-
-    def write(tmp):
-      np.savez(os.path.join(tmp, PARAMS_FILE), **flat)
-      if self.codebooks is not None:
-        np.savez(os.path.join(tmp, RVQ_FILE), codebooks=np.asarray(self.codebooks))
-      for name, obj in (extra or {}).items():
-        with open(os.path.join(tmp, name), 'w') as f:
-          json.dump(obj, f, indent=2, sort_keys=True)
-      with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-
-    files.atomic_dir(directory, write)
+    frozen_folder.save(directory, config_file=CONFIG_FILE,
+                       meta={'format': FORMAT, 'config': self.config.to_dict()},
+                       params=self.params, codebooks=self.codebooks, extra=extra)
 
   @classmethod
   def load(cls, directory: str) -> 'MelodyEmbedder':
     """Reads a folder written by `save`."""
-    path = os.path.join(directory, CONFIG_FILE)
-    try:
-      with open(path) as f:
-        meta = json.load(f)
-    except FileNotFoundError:
-      raise FileNotFoundError(f'{path}: no saved melody embedder here (missing {CONFIG_FILE})'
-                              ) from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-    if meta.get('format') != FORMAT:
-      raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
+    meta, params, codebooks = frozen_folder.load(directory, config_file=CONFIG_FILE,
+                                                 format_name=FORMAT, what='melody embedder')
     config = model_lib.MelodyConfig.from_dict(meta['config'])
-    with np.load(os.path.join(directory, PARAMS_FILE)) as z:
-      params = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep='/')
-    codebooks = None
-    if meta.get('rvq'):
-      with np.load(os.path.join(directory, meta['rvq']['file'])) as z:
-        codebooks = z['codebooks']
     return cls(config=config, params=params, codebooks=codebooks)

@@ -22,26 +22,20 @@ half of one.
 """
 
 import functools
-import json
 import os
-import shutil
 from typing import Any
 
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax import files
-from musiclm_jax.layers import rvq
+from musiclm_jax import frozen_folder
 from musiclm_jax.mulan import model as model_lib
 from musiclm_jax.mulan import text as text_lib
 
 FORMAT = 'musiclm_jax.mulan/1'
 CONFIG_FILE = 'mulan.json'
-PARAMS_FILE = 'params.npz'
-RVQ_FILE = 'rvq.npz'
 SPM_FILE = 'spm.model'
 
 
@@ -69,16 +63,6 @@ def _embed_audio(net: model_lib.MuLan, params: Any, wav: jax.Array, window: int,
 @functools.partial(jax.jit, static_argnums=(0,))
 def _embed_text(net: model_lib.MuLan, params: Any, tokens: jax.Array) -> jax.Array:
   return net.apply({'params': params}, tokens, method=model_lib.MuLan.embed_text)
-
-
-@jax.jit
-def _quantize(codebooks: jax.Array, emb: jax.Array) -> jax.Array:
-  return rvq.quantize(codebooks, emb.astype(jnp.float32)).codes
-
-
-@jax.jit
-def _dequantize(codebooks: jax.Array, codes: jax.Array) -> jax.Array:
-  return rvq.dequantize(codebooks, codes)
 
 
 class MuLan:
@@ -180,11 +164,11 @@ class MuLan:
 
   def quantize(self, emb: Any) -> np.ndarray:
     """Embeddings [..., D] -> int32 RVQ codes [..., levels]."""
-    return np.asarray(_quantize(self._codebooks(), jnp.asarray(emb, jnp.float32)))
+    return np.asarray(frozen_folder.quantize(self._codebooks(), jnp.asarray(emb, jnp.float32)))
 
   def dequantize(self, codes: Any) -> np.ndarray:
     """Codes [..., n <= levels] -> float32 [..., D] (sum of the code vectors, not renormalised)."""
-    return np.asarray(_dequantize(self._codebooks(), jnp.asarray(codes, jnp.int32)))
+    return np.asarray(frozen_folder.dequantize(self._codebooks(), jnp.asarray(codes, jnp.int32)))
 
   def text_tokens(self, texts: list[str]) -> np.ndarray:
     """Prompts -> int32 [B, levels] MuLan tokens (what MusicLM conditions on at inference)."""
@@ -208,48 +192,18 @@ class MuLan:
       directory: destination folder (replaced if it exists).
       extra: file name -> JSON-serialisable object, written into the folder too (reports).
     """
-    flat = traverse_util.flatten_dict(jax.device_get(self.params), sep='/')
-    flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
     meta = {'format': FORMAT, 'config': self.config.to_dict(), 'text_length': self.text_length,
-            'spm': SPM_FILE if self.spm_path else None,
-            'rvq': None if self.codebooks is None else {
-                'file': RVQ_FILE, 'num_levels': self.num_codebooks,
-                'codebook_size': self.cardinality}}
-
-    def write(tmp):
-      np.savez(os.path.join(tmp, PARAMS_FILE), **flat)
-      if self.codebooks is not None:
-        np.savez(os.path.join(tmp, RVQ_FILE), codebooks=np.asarray(self.codebooks))
-      if self.spm_path:
-        shutil.copyfile(self.spm_path, os.path.join(tmp, SPM_FILE))
-      for name, obj in (extra or {}).items():
-        with open(os.path.join(tmp, name), 'w') as f:
-          json.dump(obj, f, indent=2, sort_keys=True)
-      with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-
-    files.atomic_dir(directory, write)
+            'spm': SPM_FILE if self.spm_path else None}
+    frozen_folder.save(directory, config_file=CONFIG_FILE, meta=meta, params=self.params,
+                       codebooks=self.codebooks,
+                       copies={SPM_FILE: self.spm_path} if self.spm_path else None, extra=extra)
 
   @classmethod
   def load(cls, directory: str) -> 'MuLan':
     """Reads a folder written by `save`."""
-    path = os.path.join(directory, CONFIG_FILE)
-    try:
-      with open(path) as f:
-        meta = json.load(f)
-    except FileNotFoundError:
-      raise FileNotFoundError(f'{path}: no saved MuLan here (missing {CONFIG_FILE})') from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-    if meta.get('format') != FORMAT:
-      raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
+    meta, params, codebooks = frozen_folder.load(directory, config_file=CONFIG_FILE,
+                                                 format_name=FORMAT, what='MuLan')
     config = model_lib.MuLanConfig.from_dict(meta['config'])
-    with np.load(os.path.join(directory, PARAMS_FILE)) as z:
-      params = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep='/')
-    codebooks = None
-    if meta.get('rvq'):
-      with np.load(os.path.join(directory, meta['rvq']['file'])) as z:
-        codebooks = z['codebooks']
     spm_path = os.path.join(directory, meta['spm']) if meta.get('spm') else None
     return cls(config=config, params=params, spm_path=spm_path, codebooks=codebooks,
                text_length=meta.get('text_length', 64))
