@@ -22,7 +22,6 @@ heads, so attention runs at 6 x 64 inside the 512-wide residual stream.
 """
 
 import dataclasses
-import json
 from typing import Any
 
 import flax.linen as nn
@@ -33,6 +32,7 @@ import numpy as np
 from musiclm_jax import audio as audio_lib
 from musiclm_jax.layers.attention import EncoderAttention
 from musiclm_jax.layers.transformer import MlpBlock, make_norm
+from musiclm_jax import json_config
 from musiclm_jax.melody import losses
 
 PyTree = Any
@@ -41,7 +41,7 @@ EMBED_AXES = ('activation_batch', 'activation_embed')
 
 
 @dataclasses.dataclass(frozen=True)
-class MelodyConfig:
+class MelodyConfig(json_config.JsonConfig):
   """Front-end, network, loss and windowing of the melody embedder. Defaults: paper sizes.
 
   The front-end is a 96-band log-mel up to 8 kHz with a 1024-point (43 ms) window and a 20 ms
@@ -113,20 +113,6 @@ class MelodyConfig:
   def num_windows(self, num_samples: int) -> int:
     """Windows of a clip: 1 + (N - window) // hop (at least 1; the tail is not used)."""
     return num_windows(num_samples, self.window_samples, self.hop_samples)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'MelodyConfig':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f'MelodyConfig: unknown fields {unknown}')
-    return cls(**d)
 
 
 def num_windows(num_samples: int, window: int, hop: int) -> int:

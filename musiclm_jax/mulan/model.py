@@ -16,7 +16,6 @@ here looks at a local shard). The embeddings carry the logical constraint
 """
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax import audio as audio_lib
+from musiclm_jax import json_config
 from musiclm_jax.mulan import audio_tower, text_tower
 
 PyTree = Any
@@ -33,7 +33,7 @@ EMBED_AXES = ('activation_batch', 'activation_embed')
 
 
 @dataclasses.dataclass(frozen=True)
-class MuLanConfig:
+class MuLanConfig(json_config.JsonConfig):
   """Sizes of both towers, the front-end, the loss and inference windows. Defaults: paper.
 
   Paper: ResNet-50 audio tower (bottleneck 3-4-6-3, widths 64..512, 2048 features), BERT-base
@@ -105,20 +105,6 @@ class MuLanConfig:
   @property
   def hop_samples(self) -> int:
     return int(round(self.hop_seconds * self.sample_rate))
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'MuLanConfig':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f'MuLanConfig: unknown fields {unknown}')
-    return cls(**d)
 
 
 def log_mel(wav: jax.Array, config: MuLanConfig) -> jax.Array:

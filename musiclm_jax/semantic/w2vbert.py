@@ -41,7 +41,6 @@ Choices where the paper leaves room:
 """
 
 import dataclasses
-import json
 from typing import Any
 
 import flax.linen as nn
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax import audio as audio_lib
+from musiclm_jax import json_config
 from musiclm_jax.layers import conformer
 
 SUBSAMPLING = 4  # two stride-2 convolutions in time
@@ -56,7 +56,7 @@ INPUT_NORMS = ('frame', 'frame_utterance')
 
 
 @dataclasses.dataclass(frozen=True)
-class W2VBertConfig:
+class W2VBertConfig(json_config.JsonConfig):
   """Sizes and training hyper-parameters; defaults are the paper's 0.6B (XL) model.
 
   w2v-BERT XL: conformer width 1024, 8 heads, FFN 4096, 12 contrastive + 12 MLM layers; the
@@ -120,17 +120,6 @@ class W2VBertConfig:
   def num_frames(self, num_samples: int) -> int:
     """Output frames for `num_samples` samples: num_samples // (hop_length * 4)."""
     return num_samples // self.samples_per_frame
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'W2VBertConfig':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f'W2VBertConfig: unknown fields {unknown}')
-    return cls(**d)
 
 
 def log_mel(wav: jax.Array, config: audio_lib.MelConfig) -> jax.Array:
