@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import jax
@@ -547,3 +548,16 @@ def melspectrogram(wav: jax.Array, config: MelConfig) -> jax.Array:
 def log_mel(wav: jax.Array, config: MelConfig) -> jax.Array:
   """log(max(melspectrogram, log_floor)): float32 [B, T, n_mels] (or [T, n_mels])."""
   return jnp.log(jnp.maximum(melspectrogram(wav, config), config.log_floor))
+
+
+def equal_length_batches(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+  """Stacks streamed clips into batches of at most `batch_size` equal-shape clips, in order (a
+  batch ends where the shape changes), so an embedder compiles once per clip length."""
+  pending: list[np.ndarray] = []
+  for clip in clips:
+    if pending and (len(pending) == batch_size or pending[0].shape != clip.shape):
+      yield np.stack(pending)
+      pending = []
+    pending.append(clip)
+  if pending:
+    yield np.stack(pending)

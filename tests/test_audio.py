@@ -359,3 +359,12 @@ def test_crop_or_pad_resample_mono():
   np.testing.assert_allclose(audio.to_mono(np.stack([wav, -wav])), np.zeros(10))
   assert np.isclose(np.abs(audio.normalize_peak(wav, 0.5)).max(), 0.5)
   np.testing.assert_array_equal(audio.normalize_rms(np.zeros(5)), np.zeros(5))
+
+
+def test_equal_length_batches_cut_at_size_and_shape_changes():
+  clips = [np.full(3, i, np.float32) for i in range(3)] + [np.zeros(4, np.float32)] * 2 + [
+      np.zeros(3, np.float32)]
+  batches = list(audio.equal_length_batches(iter(clips), 2))
+  assert [b.shape for b in batches] == [(2, 3), (1, 3), (2, 4), (1, 3)]
+  np.testing.assert_array_equal(np.concatenate([b[:, 0] for b in batches[:2]]), [0, 1, 2])
+  assert not list(audio.equal_length_batches([], 2))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from musiclm_jax import audio as audio_lib
 from musiclm_jax.melody import inference
 from musiclm_jax.mulan.fit_rvq import fit_residual_kmeans
 
@@ -43,18 +44,9 @@ def embed_clips(embedder: inference.MelodyEmbedder, clips: Iterable[np.ndarray],
                 batch_size: int = 8) -> list[np.ndarray]:
   """Embeds clips (streamed) in batches of equal length: one float32 [W, D] per clip."""
   out: list[np.ndarray] = []
-  pending: list[np.ndarray] = []
-
-  def flush():
-    if pending:
-      out.extend(embedder.embed(np.stack(pending)))
-      pending.clear()
-
-  for clip in clips:
-    if pending and (len(pending) == batch_size or pending[0].shape != clip.shape):
-      flush()
-    pending.append(np.asarray(clip, np.float32))
-  flush()
+  for batch in audio_lib.equal_length_batches((np.asarray(c, np.float32) for c in clips),
+                                              batch_size):
+    out.extend(embedder.embed(batch))
   return out
 
 

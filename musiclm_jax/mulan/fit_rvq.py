@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from musiclm_jax import audio as audio_lib
 from musiclm_jax.mulan import inference
 from musiclm_jax.mulan import model as model_lib
 from musiclm_jax.mulan import text as text_lib
@@ -43,18 +44,7 @@ def read_examples(*args, **kwargs) -> Iterator[dict[str, Any]]:
 def embed_audio_batches(mulan: inference.MuLan, clips: Iterable[np.ndarray], *,
                         batch_size: int = 8) -> np.ndarray:
   """Embeds clips (streamed) in batches of equal length (cut where the length changes)."""
-  out, pending = [], []
-
-  def flush():
-    if pending:
-      out.append(mulan.embed_audio(np.stack(pending)))
-      pending.clear()
-
-  for clip in clips:
-    if pending and (len(pending) == batch_size or pending[0].shape != clip.shape):
-      flush()
-    pending.append(clip)
-  flush()
+  out = [mulan.embed_audio(batch) for batch in audio_lib.equal_length_batches(clips, batch_size)]
   return np.concatenate(out, axis=0) if out else np.zeros((0, mulan.embed_dim), np.float32)
 
 
